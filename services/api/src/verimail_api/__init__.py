@@ -1,0 +1,1 @@
+"""Verimail's HTTP API: signup and email verification (Starlette)."""

@@ -1,0 +1,31 @@
+"""`verimail-api`: serve the API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from verimail_shared.logs import configure_logging
+from verimail_shared.settings import get_settings
+
+from verimail_api.app import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="verimail-api", description=__doc__)
+    parser.parse_args()
+    settings = get_settings()
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,  # keep the structlog configuration
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The Starlette application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.exc import DBAPIError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from verimail_shared.settings import Settings, get_settings
+
+from verimail_shared.errors import VerimailError
+
+from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
+from verimail_api.middleware import RequestContextMiddleware
+from verimail_api.routes import ROUTES, BodyTooLarge, body_too_large
+from verimail_api.state import State
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = State.open(settings)
+        app.state.verimail = state
+        try:
+            yield
+        finally:
+            await state.close()
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers={
+            BodyTooLarge: body_too_large,
+            HTTPException: handle_http_exception,
+            VerimailError: handle_exception,
+            DBAPIError: handle_exception,
+            **dict.fromkeys(DEPENDENCY_ERRORS, handle_exception),
+            # Anything else is a bug: a 500 in the same shape, logged by the server too.
+            Exception: handle_exception,
+        },
+        lifespan=lifespan,
+    )

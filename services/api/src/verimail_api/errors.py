@@ -1,0 +1,104 @@
+"""One place that turns errors into google.rpc.Status JSON, as grpc-gateway writes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from verimail_shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    VerimailError,
+)
+
+log = structlog.get_logger(__name__)
+
+# gRPC status codes (google.rpc.Code) and the HTTP status grpc-gateway gives each.
+INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 3, 5, 6, 9
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
+HTTP_STATUS = {
+    INVALID_ARGUMENT: 400,
+    NOT_FOUND: 404,
+    ALREADY_EXISTS: 409,
+    FAILED_PRECONDITION: 400,
+    UNIMPLEMENTED: 501,
+    INTERNAL: 500,
+    UNAVAILABLE: 503,
+}
+GRPC_CODE: dict[type[VerimailError], int] = {
+    InvalidArgument: INVALID_ARGUMENT,
+    NotFound: NOT_FOUND,
+    AlreadyExists: ALREADY_EXISTS,
+    FailedPrecondition: FAILED_PRECONDITION,
+    Unavailable: UNAVAILABLE,
+}
+HTTP_TO_GRPC = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 405: UNIMPLEMENTED, 413: INVALID_ARGUMENT}
+
+# What a dependency that is down or slow raises, from each client library.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    PoolTimeoutError,
+)
+
+
+def status_body(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "details": details or []}
+
+
+def status_response(
+    code: int, message: str, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+) -> JSONResponse:
+    return JSONResponse(status_body(code, message, details), http_status or HTTP_STATUS[code])
+
+
+def grpc_code(exc: VerimailError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in GRPC_CODE:
+            return GRPC_CODE[kind]
+    return INTERNAL
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The response for any exception a handler let escape."""
+    if isinstance(exc, InvalidArgument):
+        violations = [{"field": v.field, "description": v.description} for v in exc.violations]
+        detail = {"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}
+        return status_response(INVALID_ARGUMENT, str(exc), [detail])
+    if isinstance(exc, VerimailError):
+        return status_response(grpc_code(exc), str(exc))
+    if is_dependency_error(exc):
+        log.warning("dependency_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return status_response(UNAVAILABLE, "a dependency is unavailable, try again later")
+    log.exception("unhandled_error")
+    return status_response(INTERNAL, "internal error")
+
+
+def is_dependency_error(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, DEPENDENCY_ERRORS)
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_TO_GRPC.get(exc.status_code, INTERNAL if exc.status_code >= 500 else INVALID_ARGUMENT)
+    return status_response(code, str(exc.detail), http_status=exc.status_code)

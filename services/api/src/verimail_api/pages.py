@@ -1,0 +1,57 @@
+"""The small HTML page a browser sees after following the verification link."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from verimail_shared.errors import NotFound, VerimailError
+
+from verimail_api.errors import HTTP_STATUS, grpc_code
+from verimail_api.signup import CodeAlreadyUsed, CodeExpired
+
+_templates = Environment(
+    loader=PackageLoader("verimail_api", "templates"), autoescape=select_autoescape(["html"])
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    title: str
+    message: str
+    ok: bool = False
+
+
+VERIFIED = Outcome("Email verified", "Thank you: your email address is now verified.", ok=True)
+OUTCOMES: dict[type[VerimailError], Outcome] = {
+    CodeAlreadyUsed: Outcome("Link already used", "This link was used before. Your email "
+                             "address was verified then; there is nothing more to do."),
+    CodeExpired: Outcome("Link expired", "This link has expired. Sign in and ask for a new "
+                         "verification email."),
+    NotFound: Outcome("Link not valid", "This verification link is not valid. Check that you "
+                      "copied the whole link from the email."),
+}
+INVALID = OUTCOMES[NotFound]
+
+
+def wants_html(request: Request) -> bool:
+    """A browser following the link asks for HTML first; API clients do not."""
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept.split(",")[0]
+
+
+def verify_page(error: VerimailError | None) -> HTMLResponse:
+    if error is None:
+        return _render(VERIFIED, 200)
+    outcome = next((o for kind, o in OUTCOMES.items() if isinstance(error, kind)), INVALID)
+    return _render(outcome, HTTP_STATUS[grpc_code(error)])
+
+
+def _render(outcome: Outcome, status: int) -> HTMLResponse:
+    html = _templates.get_template("verify_email.html").render(
+        title=outcome.title, message=outcome.message, ok=outcome.ok
+    )
+    return HTMLResponse(html, status)

@@ -1,0 +1,116 @@
+"""HTTP endpoints: simplebank's gateway routes plus health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import prometheus_client
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
+
+from verimail_api.errors import error_response
+from verimail_api.middleware import current_request_id
+from verimail_api.pages import verify_page, wants_html
+from verimail_api.schemas import (
+    CreateUserRequest,
+    VerifyEmailRequest,
+    parse,
+    user_body,
+)
+from verimail_api.state import State
+
+
+class BodyTooLarge(InvalidArgument):
+    pass
+
+
+async def create_user(request: Request) -> Response:
+    state: State = request.app.state.verimail
+    data = await read_json(request, state.settings.max_body_bytes)
+    body = parse(CreateUserRequest, data)
+    user = await state.signup.create_user(body, current_request_id())
+    return JSONResponse({"user": user_body(user)})
+
+
+async def verify_email(request: Request) -> Response:
+    state: State = request.app.state.verimail
+    html = wants_html(request)
+    try:
+        query = parse(VerifyEmailRequest, dict(request.query_params))
+        await state.signup.verify_email(query.email_id, query.secret_code)
+    except InvalidArgument as exc:
+        if not html:
+            raise
+        return verify_page(NotFound(str(exc)))
+    except VerimailError as exc:
+        if not html:
+            raise
+        return verify_page(exc)
+    return verify_page(None) if html else JSONResponse({"is_verified": True})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready only while PostgreSQL and Redis both answer."""
+    state: State = request.app.state.verimail
+    timeout = state.settings.dependency_timeout_seconds
+    checks: dict[str, str] = {}
+    for name, probe in (("postgres", _ping_postgres(state)), ("redis", state.redis.ping())):
+        try:
+            await asyncio.wait_for(probe, timeout)
+            checks[name] = "ok"
+        except Exception as exc:  # a readiness probe reports any failure, it does not raise
+            checks[name] = f"{type(exc).__name__}: {exc}"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
+                        200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(prometheus_client.generate_latest(),
+                    media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+
+async def _ping_postgres(state: State) -> None:
+    async with state.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, whatever its content type (grpc-gateway does not insist either)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
+    try:
+        return json.loads(chunks)
+    except (ValueError, RecursionError):
+        raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
+
+
+def body_too_large(request: Request, exc: Exception) -> Response:
+    response = error_response(exc)
+    response.status_code = 413
+    return response
+
+
+ROUTES = [
+    Route("/v1/create_user", create_user, methods=["POST"]),
+    Route("/v1/verify_email", verify_email, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

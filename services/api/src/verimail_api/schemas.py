@@ -1,0 +1,150 @@
+"""HTTP request and response bodies, in simplebank's proto field names.
+
+Inputs accept the proto names and their camelCase forms and ignore unknown fields, as
+grpc-gateway does; outputs use the proto (snake_case) names.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from verimail_shared.errors import FieldViolation, InvalidArgument
+from verimail_shared.tables import User
+
+USERNAME = re.compile(r"[a-z0-9_]+")
+
+
+def check_length(value: str, low: int, high: int) -> str:
+    if not low <= len(value) <= high:
+        raise ValueError(f"must contain from {low}-{high} characters")
+    return value
+
+
+def check_username(value: str) -> str:
+    check_length(value, 3, 100)
+    if not USERNAME.fullmatch(value):
+        raise ValueError("must contain only lowercase letters, digits, or underscore")
+    return value
+
+
+def check_full_name(value: str) -> str:
+    check_length(value, 3, 100)
+    if not all(char.isalpha() or char == " " for char in value) or not value.strip():
+        raise ValueError("must contain only letters or spaces")
+    return value
+
+
+def check_email(value: str) -> str:
+    check_length(value, 3, 200)
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address: {exc}") from None
+
+
+def check_password(value: str) -> str:
+    # NIST SP 800-63B 5.1.1.2: length limits only, no composition rules.
+    return check_length(value, 8, 64)
+
+
+def check_secret_code(value: str) -> str:
+    return check_length(value, 32, 128)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        strict=True,
+        frozen=True,
+    )
+
+
+class CreateUserRequest(Request):
+    username: str
+    full_name: str
+    email: str
+    password: str
+
+    _username = field_validator("username")(check_username)
+    _full_name = field_validator("full_name")(check_full_name)
+    _email = field_validator("email")(check_email)
+    _password = field_validator("password")(check_password)
+
+    def __repr__(self) -> str:
+        # Never let the password reach a log line through repr().
+        return f"CreateUserRequest(username={self.username!r}, email={self.email!r})"
+
+
+class VerifyEmailRequest(Request):
+    model_config = ConfigDict(strict=False)
+
+    email_id: int
+    secret_code: str
+
+    @field_validator("email_id")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if not 0 < value < 2**63:
+            raise ValueError("must be a positive integer")
+        return value
+
+    _secret_code = field_validator("secret_code")(check_secret_code)
+
+
+M = TypeVar("M", bound=Request)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate `data`, reporting every bad field at once as InvalidArgument."""
+    if not isinstance(data, dict):
+        raise InvalidArgument([FieldViolation("body", "must be a JSON object")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgument(violations(exc, model)) from None
+
+
+def violations(exc: ValidationError, model: type[BaseModel]) -> list[FieldViolation]:
+    names = {field.alias or name: name for name, field in model.model_fields.items()}
+    result = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else "body"
+        result.append(FieldViolation(names.get(field, field), _describe(error)))
+    return result
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is required"
+    if kind in {"string_type", "int_type", "int_parsing"}:
+        return "must be a string" if kind == "string_type" else "must be an integer"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def rfc3339(moment: datetime) -> str:
+    """protobuf's Timestamp JSON form: UTC, 'Z', fractional digits only when there are some."""
+    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def user_body(user: User) -> dict[str, Any]:
+    assert user.password_changed_at is not None and user.created_at is not None
+    return {
+        "username": user.username,
+        "full_name": user.full_name,
+        "email": user.email,
+        "is_email_verified": user.is_email_verified,
+        "password_changed_at": rfc3339(user.password_changed_at),
+        "created_at": rfc3339(user.created_at),
+    }

@@ -1,0 +1,95 @@
+"""The service layer: sign a user up, verify an email. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from verimail_shared.db import transaction
+from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
+from verimail_shared.jobs import SendVerifyEmailPayload, TaskName, TaskPayload
+from verimail_shared.tables import User, VerifyEmail
+
+from verimail_api.passwords import Passwords
+from verimail_api.schemas import CreateUserRequest
+
+log = structlog.get_logger(__name__)
+
+
+class TaskQueue(Protocol):
+    async def enqueue(self, task: TaskName, payload: TaskPayload) -> str: ...
+
+
+class CodeAlreadyUsed(FailedPrecondition):
+    """The verification code was used before."""
+
+
+class CodeExpired(FailedPrecondition):
+    """The verification code is past its expiry."""
+
+
+@dataclass(frozen=True)
+class Signup:
+    sessions: async_sessionmaker[AsyncSession]
+    passwords: Passwords
+    queue: TaskQueue
+    max_tries: int
+
+    async def create_user(self, request: CreateUserRequest, request_id: str | None) -> User:
+        """Store the user and enqueue its verification email in one transaction (simplebank's
+        design): if the enqueue fails, the user row is rolled back and the caller may retry."""
+        hashed = await self.passwords.hash(request.password)
+        user = User(
+            username=request.username,
+            hashed_password=hashed,
+            full_name=request.full_name,
+            email=request.email,
+        )
+        payload = SendVerifyEmailPayload(
+            username=user.username, max_tries=self.max_tries, request_id=request_id
+        )
+        try:
+            async with transaction(self.sessions) as session:
+                session.add(user)
+                await session.flush()
+                job_id = await self.queue.enqueue(TaskName.SEND_VERIFY_EMAIL, payload)
+        except IntegrityError as exc:
+            raise AlreadyExists(_duplicate_message(exc)) from None
+        log.info("user_created", username=user.username, job_id=job_id)
+        return user
+
+    async def verify_email(self, email_id: int, secret_code: str) -> None:
+        """Use a verification code once: mark it used and the user verified, together."""
+        now = datetime.now(UTC)
+        async with transaction(self.sessions) as session:
+            row = await session.get(VerifyEmail, email_id, with_for_update=True)
+            if row is None or not hmac.compare_digest(row.secret_code, secret_code):
+                raise NotFound("verification not found")
+            if row.is_used:
+                raise CodeAlreadyUsed("verification code already used")
+            assert row.expired_at is not None
+            if row.expired_at <= now:
+                raise CodeExpired("verification code expired")
+            row.is_used = True
+            await session.execute(
+                update(User)
+                .where(col(User.username) == row.username)
+                .values(is_email_verified=True)
+            )
+        log.info("email_verified", username=row.username, email_id=email_id)
+
+
+def _duplicate_message(exc: IntegrityError) -> str:
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    if isinstance(cause, UniqueViolationError) and cause.constraint_name == "users_email_key":
+        return "email already exists"
+    return "username already exists"

@@ -1,0 +1,1 @@
+"""Verimail's worker: takes verification-email tasks from the arq queues and sends them."""

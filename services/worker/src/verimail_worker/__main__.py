@@ -1,0 +1,38 @@
+"""`verimail-worker`: run a worker, or with `--check` tell whether this host's worker is healthy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import prometheus_client
+
+from verimail_shared.logs import configure_logging
+from verimail_shared.settings import get_settings
+
+from verimail_worker.worker import check_health, create_worker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="verimail-worker", description=__doc__)
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if this host's worker is healthy, else 1"
+    )
+    args = parser.parse_args()
+    settings = get_settings()
+    configure_logging(settings)
+    if args.check:
+        try:
+            healthy = asyncio.run(check_health(settings))
+        except Exception as exc:  # unreachable Redis means unhealthy, not a traceback
+            print(f"unhealthy: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(1)
+        print("healthy" if healthy else "unhealthy: no heartbeat")
+        sys.exit(0 if healthy else 1)
+    prometheus_client.start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
+    create_worker(settings).run()
+
+
+if __name__ == "__main__":
+    main()

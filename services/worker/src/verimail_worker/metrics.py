@@ -1,0 +1,33 @@
+"""The worker's Prometheus metrics. The names are a contract: dashboards and alerts use them."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LABELS = ["task", "queue"]
+
+PROCESSED = Counter(
+    "verimail_worker_tasks_processed_total", "Tasks completed successfully.", LABELS
+)
+RETRIED = Counter(
+    "verimail_worker_tasks_retried_total",
+    "Failed attempts that were scheduled to run again.",
+    LABELS,
+)
+FAILED = Counter(
+    "verimail_worker_tasks_failed_total",
+    "Tasks that failed for good (permanent error or tries exhausted).",
+    LABELS,
+)
+DURATION = Histogram(
+    "verimail_worker_task_duration_seconds",
+    "Time to run one attempt of a task.",
+    LABELS,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+IN_PROGRESS = Gauge("verimail_worker_tasks_in_progress", "Tasks running now.", LABELS)
+QUEUE_DEPTH = Gauge(
+    "verimail_queue_depth",
+    "Jobs waiting in a queue: `ready` are due now, `deferred` later.",
+    ["queue", "state"],
+)

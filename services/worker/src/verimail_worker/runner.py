@@ -1,0 +1,118 @@
+"""Runs a task under arq: context for the logs, metrics, deadlines, and the one error handler.
+
+arq retries only when a job raises `Retry`. Every failure of every task passes through
+`handle_failure`, which logs it (simplebank's "process task failed" line) and decides: retry
+after a backoff while tries remain and the error is transient, or fail for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from arq.worker import Function, Retry, func
+
+from verimail_shared.errors import PermanentError
+from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
+
+from verimail_worker.metrics import DURATION, FAILED, IN_PROGRESS, PROCESSED, RETRIED
+from verimail_worker.retry import backoff_seconds, is_permanent
+from verimail_worker.tasks import Deps
+from verimail_worker.weighted import current_queue_key
+
+log = structlog.get_logger("verimail_worker.runner")
+
+Handler = Callable[[Deps, Any, str], Awaitable[None]]
+
+# arq's own limit stays out of the way; the payload's max_tries is the one that counts.
+ARQ_MAX_TRIES = 1_000
+# arq cancels a job at its timeout and fails it without a retry; our deadline comes first
+# and turns a stuck attempt into a transient error instead.
+ARQ_TIMEOUT_MARGIN_SECONDS = 5.0
+
+
+def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
+    """The arq Function that runs `handler` for `task` with a payload checked against its model."""
+    model = TASK_PAYLOADS[task]
+
+    async def run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        deps: Deps = ctx["deps"]
+        queue = queue_of_key(current_queue_key())
+        job_id: str = ctx["job_id"]
+        job_try: int = ctx["job_try"]
+        labels = (task.value, queue)
+        request_id = payload.get("request_id") if isinstance(payload, dict) else None
+        with structlog.contextvars.bound_contextvars(
+            task=task.value, job_id=job_id, job_try=job_try, queue=queue, request_id=request_id
+        ):
+            IN_PROGRESS.labels(*labels).inc()
+            started = time.perf_counter()
+            try:
+                parsed = model.model_validate(payload)
+                if job_try > parsed.max_tries:
+                    # Only a crashed or killed attempt gets here: arq counted it, we never saw it fail.
+                    raise PermanentError(f"max tries ({parsed.max_tries}) exhausted")
+                async with asyncio.timeout(timeout):
+                    await handler(deps, parsed, job_id)
+            except Exception as exc:
+                outcome = handle_failure(deps, task, queue, job_id, job_try, payload, exc)
+                if outcome is exc:
+                    raise
+                raise outcome from exc
+            finally:
+                IN_PROGRESS.labels(*labels).dec()
+                DURATION.labels(*labels).observe(time.perf_counter() - started)
+            PROCESSED.labels(*labels).inc()
+            log.info("task_processed", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    return func(  # type: ignore[no-any-return]
+        run,  # type: ignore[arg-type]
+        name=task.value,
+        max_tries=ARQ_MAX_TRIES,
+        timeout=timeout + ARQ_TIMEOUT_MARGIN_SECONDS,
+    )
+
+
+def handle_failure(
+    deps: Deps,
+    task: TaskName,
+    queue: str,
+    job_id: str,
+    job_try: int,
+    payload: Any,
+    exc: Exception,
+) -> Exception:
+    """Log a failed attempt and return what arq should see: `Retry`, or the error itself."""
+    max_tries = _max_tries(payload)
+    permanent = is_permanent(exc) or max_tries is None or job_try >= max_tries
+    retry_in = None
+    if not permanent:
+        settings = deps.settings
+        retry_in = backoff_seconds(
+            job_try, settings.retry_backoff_base_seconds, settings.retry_backoff_max_seconds
+        )
+    log.error(
+        "process task failed",
+        task=task.value,
+        job_id=job_id,
+        job_try=job_try,
+        max_tries=max_tries,
+        queue=queue,
+        payload=payload,
+        error=f"{type(exc).__name__}: {exc}",
+        permanent=permanent,
+        retry_in_seconds=None if retry_in is None else round(retry_in, 3),
+    )
+    if retry_in is None:
+        FAILED.labels(task.value, queue).inc()
+        return exc
+    RETRIED.labels(task.value, queue).inc()
+    return Retry(defer=retry_in)
+
+
+def _max_tries(payload: Any) -> int | None:
+    value = payload.get("max_tries") if isinstance(payload, dict) else None
+    return value if isinstance(value, int) and value >= 1 else None

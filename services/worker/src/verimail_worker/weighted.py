@@ -1,0 +1,93 @@
+"""An arq Worker that consumes several queues and shares its job slots between them by weight.
+
+arq gives a worker one queue. simplebank's asynq processor takes `critical` and `default`
+weighted 10 : 5. This subclass keeps arq's Redis layout and job lifecycle untouched and
+changes only which job ids a poll starts: it reads the ready ids of every queue and fills the
+free slots by smooth weighted round robin over the queues that have work, so that with all
+queues full the started jobs follow the weights, and a lone busy queue gets every slot.
+
+arq's job methods read `self.queue_name` to find the queue a job lives in. Here that name is
+a context variable, set while a job is started: the job's task copies the context, so its
+whole run (`run_job`, `finish_job`, retries) sees its own queue. See docs/decisions/002.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+
+_queue: ContextVar[str] = ContextVar("verimail_queue")
+
+
+def current_queue_key() -> str:
+    """The Redis key of the queue whose job is running in this context."""
+    return _queue.get()
+
+
+class WeightedWorker(Worker):
+    def __init__(self, *args: Any, queues: Mapping[str, int], **kwargs: Any) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        self.weights = dict(queues)
+        self._credit = dict.fromkeys(self.weights, 0)
+        self._home_queue = next(iter(self.weights))
+        super().__init__(*args, queue_name=self._home_queue, **kwargs)
+
+    @property  # type: ignore[override]
+    def queue_name(self) -> str:
+        return _queue.get(self._home_queue)
+
+    @queue_name.setter
+    def queue_name(self, value: str) -> None:
+        self._home_queue = value
+
+    async def _poll_iteration(self) -> None:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            await self._start_weighted()
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # surface errors in run_job, as arq does
+        await self.heart_beat()
+
+    async def _start_weighted(self) -> None:
+        now = timestamp_ms()
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for key in self.weights:
+                pipe.zrangebyscore(key, min=float("-inf"), max=now, start=0,
+                                   num=self.queue_read_limit)
+            results = await pipe.execute()
+        ready = {key: list(ids) for key, ids in zip(self.weights, results, strict=True) if ids}
+        while ready and self.job_counter < self.max_jobs:
+            candidates = tuple(ready)
+            key = self.next_queue(candidates)
+            before = self.job_counter
+            token = _queue.set(key)
+            try:
+                await self.start_jobs([ready[key].pop(0)])
+            finally:
+                _queue.reset(token)
+            if self.job_counter == before:
+                # Running elsewhere or gone: the slot is still free, so the turn is not spent.
+                self._undo(candidates, key)
+            if not ready[key]:
+                del ready[key]
+
+    def next_queue(self, candidates: tuple[str, ...]) -> str:
+        """Smooth weighted round robin (as nginx balances upstreams) over `candidates`."""
+        for key in candidates:
+            self._credit[key] += self.weights[key]
+        chosen = max(candidates, key=lambda k: self._credit[k])
+        self._credit[chosen] -= sum(self.weights[k] for k in candidates)
+        return chosen
+
+    def _undo(self, candidates: tuple[str, ...], chosen: str) -> None:
+        for key in candidates:
+            self._credit[key] -= self.weights[key]
+        self._credit[chosen] += sum(self.weights[k] for k in candidates)

@@ -1,0 +1,98 @@
+"""Assembling the worker: its arq settings, start-up and shutdown."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.utils import timestamp_ms
+
+from verimail_shared import db
+from verimail_shared.jobs import TaskName, deserialize_job, queue_key, queue_of_key, serialize_job
+from verimail_shared.queue import connect, redis_settings
+from verimail_shared.settings import Settings
+
+from verimail_worker.mailer import Mailer
+from verimail_worker.metrics import QUEUE_DEPTH
+from verimail_worker.runner import task_function
+from verimail_worker.tasks import Deps, send_verify_email
+from verimail_worker.weighted import WeightedWorker
+
+log = structlog.get_logger(__name__)
+QUEUE_DEPTH_INTERVAL_SECONDS = 5.0
+
+
+def health_check_key() -> str:
+    """One key per host (per pod), so `--check` tells about this worker, not any worker."""
+    return f"verimail:worker:health:{socket.gethostname()}"
+
+
+class VerimailWorker(WeightedWorker):
+    """The weighted worker plus the queue-depth gauge, refreshed with the heartbeat."""
+
+    _depth_checked_at = 0.0
+
+    async def heart_beat(self) -> None:
+        await super().heart_beat()
+        if time.monotonic() - self._depth_checked_at >= QUEUE_DEPTH_INTERVAL_SECONDS:
+            self._depth_checked_at = time.monotonic()
+            await record_queue_depth(self.pool, self.weights)
+
+
+async def record_queue_depth(redis: ArqRedis, keys: dict[str, int]) -> None:
+    now = timestamp_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zcount(key, "-inf", now)
+            pipe.zcount(key, f"({now}", "+inf")
+        counts = await pipe.execute()
+    for index, key in enumerate(keys):
+        queue = queue_of_key(key)
+        QUEUE_DEPTH.labels(queue, "ready").set(counts[2 * index])
+        QUEUE_DEPTH.labels(queue, "deferred").set(counts[2 * index + 1])
+
+
+def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
+    """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = db.create_engine(settings)
+        ctx["deps"] = Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps: Deps | None = ctx.get("deps")
+        if deps is not None:
+            await deps.engine.dispose()
+        log.info("worker_stopped")
+
+    timeout = settings.worker_job_timeout_seconds
+    options: dict[str, Any] = {
+        "functions": [task_function(TaskName.SEND_VERIFY_EMAIL, send_verify_email, timeout)],
+        "queues": {queue_key(name): weight for name, weight in settings.worker_queues.items()},
+        "redis_settings": redis_settings(settings),
+        "job_serializer": serialize_job,
+        "job_deserializer": deserialize_job,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay_seconds,
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
+        "health_check_interval": settings.worker_health_check_interval_seconds,
+        "health_check_key": health_check_key(),
+        "keep_result": 3600,
+        **overrides,
+    }
+    return VerimailWorker(**options)
+
+
+async def check_health(settings: Settings) -> bool:
+    """True while this host's worker keeps its heartbeat key fresh."""
+    redis = connect(settings)
+    try:
+        return bool(await redis.exists(health_check_key()))
+    finally:
+        await redis.aclose()

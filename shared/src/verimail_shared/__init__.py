@@ -1,0 +1,1 @@
+"""Verimail's models library: what the API and the worker agree on."""

@@ -1,0 +1,59 @@
+"""The arq side of the job contract: one way to connect to Redis and one way to enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import ConnectionPool
+
+from verimail_shared.jobs import (
+    TASK_QUEUES,
+    TaskName,
+    TaskPayload,
+    deserialize_job,
+    queue_key,
+    serialize_job,
+)
+from verimail_shared.settings import Settings
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq's connection settings, for the worker (which pings and retries at start-up)."""
+    result = RedisSettings.from_dsn(settings.redis_url)
+    result.conn_timeout = int(max(settings.dependency_timeout_seconds, 1))
+    result.conn_retries = 30
+    return result
+
+
+def connect(settings: Settings) -> ArqRedis:
+    """A lazily connecting client: a process may start while Redis is down."""
+    timeout = settings.dependency_timeout_seconds
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return ArqRedis(pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+
+
+async def enqueue(
+    redis: ArqRedis,
+    task: TaskName,
+    payload: TaskPayload,
+    *,
+    defer_by: float,
+    timeout: float,
+    job_id: str | None = None,
+) -> str | None:
+    """Put a task on its queue; returns the job id, or None if that job id exists already."""
+    job = await asyncio.wait_for(
+        redis.enqueue_job(
+            task,
+            payload.model_dump(mode="json"),
+            _job_id=job_id,
+            _queue_name=queue_key(TASK_QUEUES[task]),
+            _defer_by=timedelta(seconds=defer_by) if defer_by else None,
+        ),
+        timeout,
+    )
+    return job.job_id if job else None

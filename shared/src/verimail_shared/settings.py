@@ -1,0 +1,99 @@
+"""All configuration, read once from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class SmtpTls(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"
+
+
+class Settings(BaseSettings):
+    """Every setting of every Verimail process; each field is one environment variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # Dependencies
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/verimail"
+    database_pool_size: int = Field(default=10, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    dependency_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Logging
+    log_format: LogFormat = LogFormat.JSON
+    log_level: str = "INFO"
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_memory_kib: int = Field(default=19456, ge=19456)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=16384, ge=1024)
+
+    # The verification task
+    verify_email_defer_seconds: float = Field(default=10.0, ge=0)
+    verify_email_max_tries: int = Field(default=10, ge=1)
+    verify_email_ttl_minutes: int = Field(default=15, ge=1)
+    retry_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
+
+    # Email
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: SmtpTls = SmtpTls.NONE
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    email_sender: str = "Verimail <no-reply@verimail.example>"
+
+    # Worker
+    worker_queues: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"critical": 10, "default": 5}
+    )
+    worker_max_jobs: int = Field(default=10, ge=1)
+    worker_poll_delay_seconds: float = Field(default=0.5, gt=0)
+    worker_job_timeout_seconds: float = Field(default=30.0, gt=0)
+    worker_shutdown_grace_seconds: int = Field(default=20, ge=0)
+    worker_health_check_interval_seconds: int = Field(default=10, ge=1)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9100
+
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _parse_queue_weights(cls, value: object) -> object:
+        """Accept `critical:10,default:5`, the way asynq's Queues map is usually written."""
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, weight = item.partition(":")
+            weights[name.strip()] = int(weight or 1)
+        return weights
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _check_queue_weights(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value or any(weight < 1 for weight in value.values()):
+            raise ValueError("needs at least one queue, each with a weight of 1 or more")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
