@@ -13,7 +13,7 @@ whole run (`run_job`, `finish_job`, retries) sees its own queue. See docs/decisi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,12 +28,43 @@ def current_queue_key() -> str:
     return _queue.get()
 
 
+class WeightedRoundRobin:
+    """Smooth weighted round robin (as nginx balances upstreams) over whichever queues have work.
+
+    Every pick adds each candidate's weight to its credit and charges the winner the sum, so
+    over any run of picks among the same candidates each gets its weight's share, interleaved.
+    """
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        self.weights = dict(weights)
+        self._credit = dict.fromkeys(self.weights, 0)
+
+    def pick(self, candidates: Iterable[str]) -> str:
+        chosen = ""
+        total = 0
+        for key in candidates:
+            self._credit[key] += self.weights[key]
+            total += self.weights[key]
+            if not chosen or self._credit[key] > self._credit[chosen]:
+                chosen = key
+        self._credit[chosen] -= total
+        return chosen
+
+    def unpick(self, candidates: Iterable[str], chosen: str) -> None:
+        """Take back a pick whose slot went unused."""
+        total = 0
+        for key in candidates:
+            self._credit[key] -= self.weights[key]
+            total += self.weights[key]
+        self._credit[chosen] += total
+
+
 class WeightedWorker(Worker):
     def __init__(self, *args: Any, queues: Mapping[str, int], **kwargs: Any) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
         self.weights = dict(queues)
-        self._credit = dict.fromkeys(self.weights, 0)
+        self._turns = WeightedRoundRobin(self.weights)
         self._home_queue = next(iter(self.weights))
         super().__init__(*args, queue_name=self._home_queue, **kwargs)
 
@@ -66,7 +97,7 @@ class WeightedWorker(Worker):
         ready = {key: list(ids) for key, ids in zip(self.weights, results, strict=True) if ids}
         while ready and self.job_counter < self.max_jobs:
             candidates = tuple(ready)
-            key = self.next_queue(candidates)
+            key = self._turns.pick(candidates)
             before = self.job_counter
             token = _queue.set(key)
             try:
@@ -75,19 +106,6 @@ class WeightedWorker(Worker):
                 _queue.reset(token)
             if self.job_counter == before:
                 # Running elsewhere or gone: the slot is still free, so the turn is not spent.
-                self._undo(candidates, key)
+                self._turns.unpick(candidates, key)
             if not ready[key]:
                 del ready[key]
-
-    def next_queue(self, candidates: tuple[str, ...]) -> str:
-        """Smooth weighted round robin (as nginx balances upstreams) over `candidates`."""
-        for key in candidates:
-            self._credit[key] += self.weights[key]
-        chosen = max(candidates, key=lambda k: self._credit[k])
-        self._credit[chosen] -= sum(self.weights[k] for k in candidates)
-        return chosen
-
-    def _undo(self, candidates: tuple[str, ...], chosen: str) -> None:
-        for key in candidates:
-            self._credit[key] -= self.weights[key]
-        self._credit[chosen] += sum(self.weights[k] for k in candidates)

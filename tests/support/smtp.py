@@ -1,0 +1,72 @@
+"""A real SMTP server for the tests (aiosmtpd), which keeps what it receives and can refuse."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any, cast
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from verimail_shared.embedded import free_port, verification_link
+
+
+@dataclass
+class Inbox:
+    """The handler: received messages, plus switches to answer 4xx or 5xx on purpose."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    data_reply: str | None = None  # e.g. "421 try again later" for every DATA
+    refuse: dict[str, str] = field(default_factory=dict)  # recipient -> "550 no such user"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.data_reply:
+            return self.data_reply
+        content = envelope.content if isinstance(envelope.content, bytes) else b""
+        message = cast(EmailMessage, message_from_bytes(content, policy=default_policy))
+        with self.lock:
+            self.messages.append(message)
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.inbox = Inbox()
+        self._controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.inbox.lock:
+            return list(self.inbox.messages)
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+    def link_to(self, address: str) -> str:
+        (message,) = self.to(address)
+        link = verification_link(message)
+        assert link is not None, "the email has no verification link"
+        return link
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
