@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from arq.connections import ArqRedis
 
+from tests.support.databases import create_database, drop_database
 from tests.support.smtp import SmtpServer
 from verimail_shared import queue
 from verimail_shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from verimail_shared.migrate import upgrade
 from verimail_shared.settings import Settings
-
-from tests.support.databases import create_database, drop_database
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +72,9 @@ def settings(database_url: str, redis_url: str, smtp_server: SmtpServer) -> Sett
     return make_settings(database_url, redis_url, smtp_server)
 
 
-def make_settings(database_url: str, redis_url: str, smtp: SmtpServer, **overrides: object) -> Settings:
+def make_settings(
+    database_url: str, redis_url: str, smtp: SmtpServer, **overrides: object
+) -> Settings:
     values: dict[str, object] = {
         "database_url": database_url,
         "redis_url": redis_url,

@@ -7,10 +7,10 @@ import time
 
 from arq.connections import ArqRedis
 
+from tests.conftest import make_settings
 from tests.support.services import api_client, database, fetch_one, fetch_value
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
-from tests.conftest import make_settings
 from verimail_shared.embedded import free_port
 from verimail_shared.jobs import Queue, TaskName, queue_key
 from verimail_shared.settings import Settings
@@ -33,8 +33,14 @@ async def test_signup_stores_a_hashed_password_and_enqueues_one_deferred_job(
     assert user["is_email_verified"] is False
     assert user["password_changed_at"] == "0001-01-01T00:00:00Z"
     assert user["created_at"].endswith("Z")
-    assert set(user) == {"username", "full_name", "email", "is_email_verified",
-                         "password_changed_at", "created_at"}
+    assert set(user) == {
+        "username",
+        "full_name",
+        "email",
+        "is_email_verified",
+        "password_changed_at",
+        "created_at",
+    }
     assert body["password"] not in response.text and "argon2" not in response.text
 
     async with database(settings) as engine:
@@ -58,8 +64,13 @@ async def test_camel_case_fields_are_accepted_and_unknown_fields_ignored(
     settings: Settings, redis: ArqRedis
 ) -> None:
     body = new_user()
-    camel = {"username": body["username"], "fullName": body["full_name"],
-             "email": body["email"], "password": body["password"], "favourite_colour": "blue"}
+    camel = {
+        "username": body["username"],
+        "fullName": body["full_name"],
+        "email": body["email"],
+        "password": body["password"],
+        "favourite_colour": "blue",
+    }
     async with api_client(settings) as client:
         response = await client.post("/v1/create_user", json=camel)
     assert response.status_code == 200, response.text
@@ -70,7 +81,9 @@ async def test_duplicate_username_is_rejected_with_409(settings: Settings, redis
     body = new_user()
     async with api_client(settings) as client:
         assert (await client.post("/v1/create_user", json=body)).status_code == 200
-        again = await client.post("/v1/create_user", json={**body, "email": "other." + body["email"]})
+        again = await client.post(
+            "/v1/create_user", json={**body, "email": "other." + body["email"]}
+        )
     assert again.status_code == 409
     assert again.json() == {"code": 6, "message": "username already exists", "details": []}
     assert await redis.zcard(queue_key(Queue.CRITICAL)) == 1
@@ -80,7 +93,9 @@ async def test_duplicate_email_is_rejected_with_409(settings: Settings, redis: A
     body = new_user()
     async with api_client(settings) as client:
         assert (await client.post("/v1/create_user", json=body)).status_code == 200
-        again = await client.post("/v1/create_user", json={**body, "username": body["username"] + "_2"})
+        again = await client.post(
+            "/v1/create_user", json={**body, "username": body["username"] + "_2"}
+        )
     assert again.status_code == 409
     assert again.json()["message"] == "email already exists"
 
@@ -126,7 +141,9 @@ async def test_redis_down_at_signup_is_a_503_and_leaves_no_user(
     assert count == 0
 
 
-async def test_readyz_is_200_while_postgres_and_redis_answer(settings: Settings, redis: ArqRedis) -> None:
+async def test_readyz_is_200_while_postgres_and_redis_answer(
+    settings: Settings, redis: ArqRedis
+) -> None:
     async with api_client(settings) as client:
         ready = await client.get("/readyz")
         alive = await client.get("/healthz")

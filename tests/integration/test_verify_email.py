@@ -59,7 +59,9 @@ async def test_the_task_sends_exactly_one_email_whose_link_verifies_the_user(
     assert response.status_code == 200
     assert response.json() == {"is_verified": True}
     async with database(settings) as engine:
-        user = await fetch_one(engine, "SELECT * FROM users WHERE username = :u", u=body["username"])
+        user = await fetch_one(
+            engine, "SELECT * FROM users WHERE username = :u", u=body["username"]
+        )
         used = await fetch_value(
             engine, "SELECT is_used FROM verify_emails WHERE username = :u", u=body["username"]
         )
@@ -90,14 +92,18 @@ async def test_an_expired_code_is_refused_and_leaves_the_user_unverified(
             from sqlalchemy import text
 
             await connection.execute(
-                text("UPDATE verify_emails SET expired_at = now() - interval '1 second' "
-                     "WHERE username = :u"), {"u": body["username"]},
+                text(
+                    "UPDATE verify_emails SET expired_at = now() - interval '1 second' "
+                    "WHERE username = :u"
+                ),
+                {"u": body["username"]},
             )
         response = await client.get(relative(link))
         page = await client.get(relative(link), headers=HTML)
         async with database(settings) as engine:
             verified = await fetch_value(
-                engine, "SELECT is_email_verified FROM users WHERE username = :u",
+                engine,
+                "SELECT is_email_verified FROM users WHERE username = :u",
                 u=body["username"],
             )
     assert response.status_code == 400

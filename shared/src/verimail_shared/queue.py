@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from arq.connections import ArqRedis, RedisSettings
@@ -42,18 +41,14 @@ async def enqueue(
     payload: TaskPayload,
     *,
     defer_by: float,
-    timeout: float,
     job_id: str | None = None,
 ) -> str | None:
     """Put a task on its queue; returns the job id, or None if that job id exists already."""
-    job = await asyncio.wait_for(
-        redis.enqueue_job(
-            task,
-            payload.model_dump(mode="json"),
-            _job_id=job_id,
-            _queue_name=queue_key(TASK_QUEUES[task]),
-            _defer_by=timedelta(seconds=defer_by) if defer_by else None,
-        ),
-        timeout,
+    job = await redis.enqueue_job(
+        task,
+        payload.model_dump(mode="json"),
+        _job_id=job_id,
+        _queue_name=queue_key(TASK_QUEUES[task]),
+        _defer_by=timedelta(seconds=defer_by) if defer_by else None,
     )
     return job.job_id if job else None

@@ -6,10 +6,9 @@ import argparse
 
 import uvicorn
 
+from verimail_api.app import create_app
 from verimail_shared.logs import configure_logging
 from verimail_shared.settings import get_settings
-
-from verimail_api.app import create_app
 
 
 def main() -> None:

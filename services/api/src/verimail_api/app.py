@@ -10,14 +10,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from verimail_shared.settings import Settings, get_settings
-
-from verimail_shared.errors import VerimailError
-
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.middleware import RequestContextMiddleware
 from verimail_api.routes import ROUTES, BodyTooLarge, body_too_large
 from verimail_api.state import State
+from verimail_shared.errors import VerimailError
+from verimail_shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -56,12 +56,17 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def status_body(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def status_body(
+    code: int, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details or []}
 
 
 def status_response(
-    code: int, message: str, details: list[dict[str, Any]] | None = None, http_status: int | None = None
+    code: int,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    http_status: int | None = None,
 ) -> JSONResponse:
     return JSONResponse(status_body(code, message, details), http_status or HTTP_STATUS[code])
 
@@ -77,7 +82,10 @@ def error_response(exc: Exception) -> JSONResponse:
     """The response for any exception a handler let escape."""
     if isinstance(exc, InvalidArgument):
         violations = [{"field": v.field, "description": v.description} for v in exc.violations]
-        detail = {"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": violations}
+        detail = {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "field_violations": violations,
+        }
         return status_response(INVALID_ARGUMENT, str(exc), [detail])
     if isinstance(exc, VerimailError):
         return status_response(grpc_code(exc), str(exc))
@@ -99,6 +107,9 @@ async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    code = HTTP_TO_GRPC.get(exc.status_code, INTERNAL if exc.status_code >= 500 else INVALID_ARGUMENT)
+    if not isinstance(exc, HTTPException):
+        return error_response(exc)
+    code = HTTP_TO_GRPC.get(
+        exc.status_code, INTERNAL if exc.status_code >= 500 else INVALID_ARGUMENT
+    )
     return status_response(code, str(exc.detail), http_status=exc.status_code)

@@ -48,8 +48,13 @@ class RequestContextMiddleware:
                 method = scope["method"]
                 REQUESTS.labels(method, route, str(status)).inc()
                 REQUEST_DURATION.labels(method, route).observe(elapsed)
-                log.info("request", method=method, route=route, status=status,
-                         duration_ms=round(elapsed * 1000, 2))
+                log.info(
+                    "request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
 
 
 def current_request_id() -> str | None:
@@ -60,7 +65,7 @@ def current_request_id() -> str | None:
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
-            return value.decode()
+            return bytes(value).decode()
     return uuid.uuid4().hex
 
 

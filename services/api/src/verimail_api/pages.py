@@ -8,10 +8,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from verimail_shared.errors import NotFound, VerimailError
-
 from verimail_api.errors import HTTP_STATUS, grpc_code
 from verimail_api.signup import CodeAlreadyUsed, CodeExpired
+from verimail_shared.errors import NotFound, VerimailError
 
 _templates = Environment(
     loader=PackageLoader("verimail_api", "templates"), autoescape=select_autoescape(["html"])
@@ -27,12 +26,18 @@ class Outcome:
 
 VERIFIED = Outcome("Email verified", "Thank you: your email address is now verified.", ok=True)
 OUTCOMES: dict[type[VerimailError], Outcome] = {
-    CodeAlreadyUsed: Outcome("Link already used", "This link was used before. Your email "
-                             "address was verified then; there is nothing more to do."),
-    CodeExpired: Outcome("Link expired", "This link has expired. Sign in and ask for a new "
-                         "verification email."),
-    NotFound: Outcome("Link not valid", "This verification link is not valid. Check that you "
-                      "copied the whole link from the email."),
+    CodeAlreadyUsed: Outcome(
+        "Link already used",
+        "This link was used before. Your email "
+        "address was verified then; there is nothing more to do.",
+    ),
+    CodeExpired: Outcome(
+        "Link expired", "This link has expired. Sign in and ask for a new verification email."
+    ),
+    NotFound: Outcome(
+        "Link not valid",
+        "This verification link is not valid. Check that you copied the whole link from the email.",
+    ),
 }
 INVALID = OUTCOMES[NotFound]
 

@@ -12,8 +12,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
-
 from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
 from verimail_api.pages import verify_page, wants_html
@@ -24,6 +22,7 @@ from verimail_api.schemas import (
     user_body,
 )
 from verimail_api.state import State
+from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
 
 
 class BodyTooLarge(InvalidArgument):
@@ -71,13 +70,15 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # a readiness probe reports any failure, it does not raise
             checks[name] = f"{type(exc).__name__}: {exc}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    )
 
 
 async def metrics(request: Request) -> Response:
-    return Response(prometheus_client.generate_latest(),
-                    media_type=prometheus_client.CONTENT_TYPE_LATEST)
+    return Response(
+        prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+    )
 
 
 async def _ping_postgres(state: State) -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from verimail_shared.errors import FieldViolation, InvalidArgument
-from verimail_shared.tables import User
+from verimail_shared.tables import User, loaded
 
 USERNAME = re.compile(r"[a-z0-9_]+")
 
@@ -139,12 +139,11 @@ def rfc3339(moment: datetime) -> str:
 
 
 def user_body(user: User) -> dict[str, Any]:
-    assert user.password_changed_at is not None and user.created_at is not None
     return {
         "username": user.username,
         "full_name": user.full_name,
         "email": user.email,
         "is_email_verified": user.is_email_verified,
-        "password_changed_at": rfc3339(user.password_changed_at),
-        "created_at": rfc3339(user.created_at),
+        "password_changed_at": rfc3339(loaded(user.password_changed_at)),
+        "created_at": rfc3339(loaded(user.created_at)),
     }

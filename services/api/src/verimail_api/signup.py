@@ -14,13 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from verimail_api.passwords import Passwords
+from verimail_api.schemas import CreateUserRequest
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from verimail_shared.jobs import SendVerifyEmailPayload, TaskName, TaskPayload
-from verimail_shared.tables import User, VerifyEmail
-
-from verimail_api.passwords import Passwords
-from verimail_api.schemas import CreateUserRequest
+from verimail_shared.tables import User, VerifyEmail, loaded
 
 log = structlog.get_logger(__name__)
 
@@ -72,12 +71,13 @@ class Signup:
         now = datetime.now(UTC)
         async with transaction(self.sessions) as session:
             row = await session.get(VerifyEmail, email_id, with_for_update=True)
-            if row is None or not hmac.compare_digest(row.secret_code, secret_code):
+            if row is None or not hmac.compare_digest(
+                row.secret_code.encode(), secret_code.encode()
+            ):
                 raise NotFound("verification not found")
             if row.is_used:
                 raise CodeAlreadyUsed("verification code already used")
-            assert row.expired_at is not None
-            if row.expired_at <= now:
+            if loaded(row.expired_at) <= now:
                 raise CodeExpired("verification code expired")
             row.is_used = True
             await session.execute(

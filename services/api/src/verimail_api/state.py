@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from dataclasses import dataclass
 
 import structlog
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from verimail_shared import db, queue
-from verimail_shared.jobs import TASK_QUEUES, TaskName, TaskPayload
-from verimail_shared.settings import Settings
-
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
 from verimail_api.signup import Signup
+from verimail_shared import db, queue
+from verimail_shared.jobs import TASK_QUEUES, TaskName, TaskPayload
+from verimail_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -27,18 +28,24 @@ class ArqTaskQueue:
     settings: Settings
 
     async def enqueue(self, task: TaskName, payload: TaskPayload) -> str:
-        job_id = await queue.enqueue(
-            self.redis,
-            task,
-            payload,
-            defer_by=self.settings.verify_email_defer_seconds,
-            timeout=self.settings.dependency_timeout_seconds,
-        )
-        assert job_id is not None  # a fresh random job id cannot exist already
+        job_id = uuid.uuid4().hex
+        async with asyncio.timeout(self.settings.dependency_timeout_seconds):
+            await queue.enqueue(
+                self.redis,
+                task,
+                payload,
+                defer_by=self.settings.verify_email_defer_seconds,
+                job_id=job_id,
+            )
         TASKS_ENQUEUED.labels(task, TASK_QUEUES[task]).inc()
-        log.info("task_enqueued", task=task, queue=TASK_QUEUES[task], job_id=job_id,
-                 defer_seconds=self.settings.verify_email_defer_seconds,
-                 max_tries=payload.max_tries)
+        log.info(
+            "task_enqueued",
+            task=task,
+            queue=TASK_QUEUES[task],
+            job_id=job_id,
+            defer_seconds=self.settings.verify_email_defer_seconds,
+            max_tries=payload.max_tries,
+        )
         return job_id
 
 

@@ -10,7 +10,6 @@ import prometheus_client
 
 from verimail_shared.logs import configure_logging
 from verimail_shared.settings import get_settings
-
 from verimail_worker.worker import check_health, create_worker
 
 

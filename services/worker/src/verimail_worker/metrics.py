@@ -31,3 +31,11 @@ QUEUE_DEPTH = Gauge(
     "Jobs waiting in a queue: `ready` are due now, `deferred` later.",
     ["queue", "state"],
 )
+
+
+def initialise(tasks: list[str], queues: list[str]) -> None:
+    """Export every series at zero from the start, so rates and alerts see 0, not nothing."""
+    for task in tasks:
+        for queue in queues:
+            for metric in (PROCESSED, RETRIED, FAILED, DURATION, IN_PROGRESS):
+                metric.labels(task, queue)

@@ -37,5 +37,5 @@ def backoff_seconds(
     Keeping half of the delay fixed stops retries of a failing dependency from clumping
     while still guaranteeing each one waits.
     """
-    ceiling = min(cap, base * 2 ** max(job_try - 1, 0))
+    ceiling = min(cap, base * 2.0 ** max(job_try - 1, 0))
     return ceiling / 2 + rand() * ceiling / 2

@@ -17,7 +17,6 @@ from arq.worker import Function, Retry, func
 
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
-
 from verimail_worker.metrics import DURATION, FAILED, IN_PROGRESS, PROCESSED, RETRIED
 from verimail_worker.retry import backoff_seconds, is_permanent
 from verimail_worker.tasks import Deps
@@ -53,7 +52,7 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
             try:
                 parsed = model.model_validate(payload)
                 if job_try > parsed.max_tries:
-                    # Only a crashed or killed attempt gets here: arq counted it, we never saw it fail.
+                    # Only after a crashed or killed attempt: arq counted it, we never saw it fail.
                     raise PermanentError(f"max tries ({parsed.max_tries}) exhausted")
                 async with asyncio.timeout(timeout):
                     await handler(deps, parsed, job_id)
@@ -68,8 +67,8 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
             PROCESSED.labels(*labels).inc()
             log.info("task_processed", duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
-    return func(  # type: ignore[no-any-return]
-        run,  # type: ignore[arg-type]
+    return func(
+        run,
         name=task.value,
         max_tries=ARQ_MAX_TRIES,
         timeout=timeout + ARQ_TIMEOUT_MARGIN_SECONDS,

@@ -13,8 +13,7 @@ from verimail_shared.db import transaction
 from verimail_shared.errors import TransientError
 from verimail_shared.jobs import SendVerifyEmailPayload
 from verimail_shared.settings import Settings
-from verimail_shared.tables import User, VerifyEmail
-
+from verimail_shared.tables import User, VerifyEmail, loaded
 from verimail_worker.mailer import Mailer, VerifyEmailLetter, render
 
 log = structlog.get_logger(__name__)
@@ -52,13 +51,12 @@ async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job_id:
         )
         session.add(row)
         await session.flush()
-    assert row.id is not None and row.expired_at is not None
     letter = VerifyEmailLetter(
         to=user.email,
         full_name=user.full_name,
-        email_id=row.id,
+        email_id=loaded(row.id),
         secret_code=row.secret_code,
-        expires_at=row.expired_at,
+        expires_at=loaded(row.expired_at),
         job_id=job_id,
     )
     await deps.mailer.send(render(letter, deps.settings))

@@ -68,7 +68,7 @@ class WeightedWorker(Worker):
         self._home_queue = next(iter(self.weights))
         super().__init__(*args, queue_name=self._home_queue, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def queue_name(self) -> str:
         return _queue.get(self._home_queue)
 
@@ -91,8 +91,9 @@ class WeightedWorker(Worker):
         now = timestamp_ms()
         async with self.pool.pipeline(transaction=False) as pipe:
             for key in self.weights:
-                pipe.zrangebyscore(key, min=float("-inf"), max=now, start=0,
-                                   num=self.queue_read_limit)
+                pipe.zrangebyscore(
+                    key, min=float("-inf"), max=now, start=0, num=self.queue_read_limit
+                )
             results = await pipe.execute()
         ready = {key: list(ids) for key, ids in zip(self.weights, results, strict=True) if ids}
         while ready and self.job_counter < self.max_jobs:

@@ -14,9 +14,8 @@ from verimail_shared import db
 from verimail_shared.jobs import TaskName, deserialize_job, queue_key, queue_of_key, serialize_job
 from verimail_shared.queue import connect, redis_settings
 from verimail_shared.settings import Settings
-
+from verimail_worker import metrics
 from verimail_worker.mailer import Mailer
-from verimail_worker.metrics import QUEUE_DEPTH
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
 from verimail_worker.weighted import WeightedWorker
@@ -51,8 +50,8 @@ async def record_queue_depth(redis: ArqRedis, keys: dict[str, int]) -> None:
         counts = await pipe.execute()
     for index, key in enumerate(keys):
         queue = queue_of_key(key)
-        QUEUE_DEPTH.labels(queue, "ready").set(counts[2 * index])
-        QUEUE_DEPTH.labels(queue, "deferred").set(counts[2 * index + 1])
+        metrics.QUEUE_DEPTH.labels(queue, "ready").set(counts[2 * index])
+        metrics.QUEUE_DEPTH.labels(queue, "deferred").set(counts[2 * index + 1])
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
@@ -61,6 +60,7 @@ def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
     async def startup(ctx: dict[str, Any]) -> None:
         engine = db.create_engine(settings)
         ctx["deps"] = Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -31,7 +31,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.UniqueConstraint("email", name="users_email_key"),
     )
@@ -48,7 +51,10 @@ def upgrade() -> None:
         sa.Column("secret_code", sa.String(), nullable=False),
         sa.Column("is_used", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
             "expired_at",

@@ -1,0 +1,155 @@
+"""The real `verimail-api` and `verimail-worker` commands, as subprocesses, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.polling import eventually
+from tests.support.smtp import SmtpServer
+from tests.support.users import new_user
+from verimail_shared.embedded import free_port, wait_for_port
+from verimail_shared.settings import Settings
+
+
+def command(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+class Service:
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("wb")
+        self.process = subprocess.Popen(
+            [command(name)], env=env, stdout=self._file, stderr=subprocess.STDOUT
+        )
+
+    def lines(self) -> list[dict[str, object]]:
+        return [
+            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
+        ]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._file.close()
+        return code
+
+
+@pytest.fixture
+def system(settings: Settings, redis: ArqRedis, tmp_path: Path) -> Iterator[dict[str, object]]:
+    api_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SMTP_HOST": settings.smtp_host,
+        "SMTP_PORT": str(settings.smtp_port),
+        "API_PORT": str(api_port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
+        "WORKER_METRICS_PORT": str(metrics_port),
+        "WORKER_POLL_DELAY_SECONDS": "0.05",
+        "VERIFY_EMAIL_DEFER_SECONDS": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    api = Service("verimail-api", env, tmp_path / "api.log")
+    worker = Service("verimail-worker", env, tmp_path / "worker.log")
+    wait_for_port(api_port, 30)
+    wait_for_port(metrics_port, 30)
+    yield {
+        "api": api,
+        "worker": worker,
+        "env": env,
+        "api_port": api_port,
+        "metrics_port": metrics_port,
+    }
+    api.stop()
+    worker.stop()
+
+
+def metric(text: str, name: str, labels: dict[str, str]) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+async def test_sign_up_receive_the_email_click_the_link_be_verified(
+    system: dict[str, object], smtp_server: SmtpServer
+) -> None:
+    base = f"http://127.0.0.1:{system['api_port']}"
+    body = new_user()
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        # As the README's curl sends it: a JSON body under curl's default form content type.
+        created = await client.post(
+            "/v1/create_user",
+            content=json.dumps(body),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert created.status_code == 200, created.text
+        await eventually(
+            lambda: smtp_server.to(body["email"]),
+            timeout=30,
+            message="the verification email did not arrive",
+        )
+        link = smtp_server.link_to(body["email"])
+        assert link.startswith(base)
+        verified = await client.get(link)
+        assert verified.json() == {"is_verified": True}
+
+        labels = {"task": "send_verify_email", "queue": "critical"}
+        worker_metrics = (
+            await client.get(f"http://127.0.0.1:{system['metrics_port']}/metrics")
+        ).text
+        assert metric(worker_metrics, "verimail_worker_tasks_processed_total", labels) == 1
+        assert metric(worker_metrics, "verimail_worker_tasks_failed_total", labels) == 0
+        api_metrics = (await client.get("/metrics")).text
+        assert metric(api_metrics, "verimail_api_tasks_enqueued_total", labels) == 1
+        assert (
+            metric(
+                api_metrics,
+                "verimail_api_requests_total",
+                {"route": "/v1/create_user", "status": "200"},
+            )
+            == 1
+        )
+
+    # The request id of the signup is on the worker's log lines for its job.
+    request_id = created.headers["x-request-id"]
+    worker: Service = system["worker"]  # type: ignore[assignment]
+    api: Service = system["api"]  # type: ignore[assignment]
+    sent = [line for line in worker.lines() if line.get("event") == "verify_email_sent"]
+    assert sent and sent[0]["request_id"] == request_id
+    assert any(
+        line.get("event") == "task_enqueued" and line["request_id"] == request_id
+        for line in api.lines()
+    )
+    logs = api.log.read_text() + worker.log.read_text()
+    assert body["password"] not in logs
+
+
+def test_worker_check_is_healthy_only_while_the_worker_runs(system: dict[str, object]) -> None:
+    env: dict[str, str] = system["env"]  # type: ignore[assignment]
+
+    def check() -> int:
+        return subprocess.run(
+            [command("verimail-worker"), "--check"], env=env, capture_output=True, timeout=30
+        ).returncode
+
+    assert check() == 0
+    worker: Service = system["worker"]  # type: ignore[assignment]
+    assert worker.stop() == 0
+    assert check() == 1

@@ -1,0 +1,49 @@
+"""Settings parsing and database URLs."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from verimail_shared.db import async_url
+from verimail_shared.settings import Settings
+
+
+def test_queue_weights_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_QUEUES", "critical:6, default:3,low")
+    assert Settings(_env_file=None).worker_queues == {"critical": 6, "default": 3, "low": 1}  # type: ignore[call-arg]
+
+
+def test_queue_weights_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_QUEUES", "critical:0")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_defaults_match_simplebank() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.verify_email_defer_seconds == 10
+    assert settings.verify_email_max_tries == 10
+    assert settings.worker_queues == {"critical": 10, "default": 5}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require"),
+    ],
+)
+def test_plain_postgres_urls_become_asyncpg_urls(given: str, expected: str) -> None:
+    assert async_url(given) == expected
+
+
+def test_other_schemes_are_refused() -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        async_url("mysql://h/db")
+
+
+def test_secrets_are_masked_when_printed() -> None:
+    settings = Settings(_env_file=None, smtp_password="hunter2-secret")  # type: ignore[call-arg]
+    assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)
