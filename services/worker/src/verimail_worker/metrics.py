@@ -25,6 +25,12 @@ DURATION = Histogram(
     LABELS,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LATENESS = Histogram(
+    "verimail_worker_task_lateness_seconds",
+    "How long after its due time an attempt started (deferred or retried tasks included).",
+    LABELS,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 IN_PROGRESS = Gauge("verimail_worker_tasks_in_progress", "Tasks running now.", LABELS)
 QUEUE_DEPTH = Gauge(
     "verimail_queue_depth",
@@ -37,5 +43,5 @@ def initialise(tasks: list[str], queues: list[str]) -> None:
     """Export every series at zero from the start, so rates and alerts see 0, not nothing."""
     for task in tasks:
         for queue in queues:
-            for metric in (PROCESSED, RETRIED, FAILED, DURATION, IN_PROGRESS):
+            for metric in (PROCESSED, RETRIED, FAILED, DURATION, LATENESS, IN_PROGRESS):
                 metric.labels(task, queue)

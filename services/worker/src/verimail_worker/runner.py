@@ -17,7 +17,14 @@ from arq.worker import Function, Retry, func
 
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
-from verimail_worker.metrics import DURATION, FAILED, IN_PROGRESS, PROCESSED, RETRIED
+from verimail_worker.metrics import (
+    DURATION,
+    FAILED,
+    IN_PROGRESS,
+    LATENESS,
+    PROCESSED,
+    RETRIED,
+)
 from verimail_worker.retry import backoff_seconds, is_permanent
 from verimail_worker.tasks import Deps
 from verimail_worker.weighted import current_queue_key
@@ -48,6 +55,7 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
             task=task.value, job_id=job_id, job_try=job_try, queue=queue, request_id=request_id
         ):
             IN_PROGRESS.labels(*labels).inc()
+            LATENESS.labels(*labels).observe(max(time.time() - ctx["score"] / 1000, 0))
             started = time.perf_counter()
             try:
                 parsed = model.model_validate(payload)
