@@ -147,9 +147,7 @@ async def test_in_transaction_mode_redis_down_is_a_503_and_leaves_no_user(
     database_url: str, smtp_server: SmtpServer
 ) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    settings = make_settings(
-        database_url, dead_redis, smtp_server, signup_enqueue="in_transaction"
-    )
+    settings = make_settings(database_url, dead_redis, smtp_server, signup_enqueue="in_transaction")
     body = new_user()
     async with api_client(settings) as client:
         response = await client.post("/v1/create_user", json=body)

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
+from redis.exceptions import RedisError
 
 from verimail_shared import db
 from verimail_shared.jobs import TaskName, deserialize_job, queue_key, queue_of_key, serialize_job
@@ -25,6 +26,7 @@ from verimail_worker.weighted import WeightedWorker
 
 log = structlog.get_logger(__name__)
 GAUGE_INTERVAL_SECONDS = 5.0
+REDIS_RETRY_SECONDS = 1.0
 
 
 def health_check_key() -> str:
@@ -36,6 +38,15 @@ class VerimailWorker(WeightedWorker):
     """The weighted worker plus the queue gauges, refreshed with the heartbeat."""
 
     _gauges_at = 0.0
+
+    async def _poll_iteration(self) -> None:
+        # arq lets a lost Redis connection end the worker; ride the outage out instead. Jobs
+        # whose bookkeeping failed run again once their in-progress key expires.
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("redis_unavailable", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(REDIS_RETRY_SECONDS)
 
     async def heart_beat(self) -> None:
         await super().heart_beat()
