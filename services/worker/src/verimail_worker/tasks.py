@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
@@ -54,11 +55,16 @@ async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Jo
     async with deps.mailer.connect() as smtp, transaction(deps.sessions) as session:
         marked = await session.execute(
             update(VerifyEmail)
-            .where(col(VerifyEmail.id) == letter.email_id, col(VerifyEmail.sent_at).is_(None))
+            .where(
+                col(VerifyEmail.id) == letter.email_id,
+                col(VerifyEmail.sent_at).is_(None),
+                # A later run of this job may have replaced the code; then that run sends.
+                col(VerifyEmail.secret_code) == letter.secret_code,
+            )
             .values(sent_at=datetime.now(UTC))
         )
         if not getattr(marked, "rowcount", 0):
-            log.info("verify_email_skipped", reason="sent_by_another_run")
+            log.info("verify_email_skipped", reason="another_run_sends")
             return
         await smtp.send_message(render(letter, deps.settings))
         # Leaving the block commits first, then says QUIT: nothing sits between 250 and COMMIT.
@@ -70,36 +76,45 @@ async def _prepare(
 ) -> VerifyEmailLetter | None:
     """Find or create this job's verify_emails row with a new code; None if nothing to send."""
     now = datetime.now(UTC)
+    code = new_secret_code()  # new on every try: an earlier try's email may never have gone out
+    expires = now + timedelta(minutes=deps.settings.verify_email_ttl_minutes)
     async with transaction(deps.sessions) as session:
-        # Locked, so that a second run of this job waits here until the first has finished.
-        row = await session.scalar(
-            select(VerifyEmail).where(col(VerifyEmail.job_id) == job.id).with_for_update()
-        )
-        if row is not None and row.sent_at is not None:
-            log.info("verify_email_skipped", reason="already_sent", email_id=row.id)
-            return None
         user = await session.get(User, payload.username)
         if user is None:
             raise _missing_user(deps.settings, payload, job)
+        # One row per job, whoever gets here first; then lock it, so that a second run of the
+        # job waits here until the first has finished, and sees what it did.
+        await session.execute(
+            insert(VerifyEmail)
+            .values(
+                username=user.username,
+                email=user.email,
+                job_id=job.id,
+                secret_code=code,
+                expired_at=expires,
+            )
+            .on_conflict_do_nothing(index_elements=["job_id"])
+        )
+        row = await session.scalar(
+            select(VerifyEmail).where(col(VerifyEmail.job_id) == job.id).with_for_update()
+        )
+        if row is None:
+            raise TransientError(f"verification row of job {job.id} vanished")
+        if row.sent_at is not None:
+            log.info("verify_email_skipped", reason="already_sent", email_id=row.id)
+            return None
         if user.is_email_verified:
             log.info("verify_email_skipped", reason="already_verified")
             return None
-        # A new code on every try: an earlier try's email may never have gone out.
-        code = new_secret_code()
-        if row is None:
-            row = VerifyEmail(
-                username=user.username, email=user.email, job_id=job.id, secret_code=code
-            )
-            session.add(row)
         row.secret_code = code
-        row.expired_at = now + timedelta(minutes=deps.settings.verify_email_ttl_minutes)
+        row.expired_at = expires
         await session.flush()
         return VerifyEmailLetter(
             to=user.email,
             full_name=user.full_name,
             email_id=loaded(row.id),
-            secret_code=row.secret_code,
-            expires_at=loaded(row.expired_at),
+            secret_code=code,
+            expires_at=expires,
             job_id=job.id,
         )
 
