@@ -75,6 +75,7 @@ class Stack:
             "RETRY_BACKOFF_MAX_SECONDS": "1",
             "OUTBOX_RELAY_AFTER_SECONDS": "1",
             "OUTBOX_RELAY_INTERVAL_SECONDS": "0.2",
+            "OUTBOX_RECONCILE_AFTER_SECONDS": "2",
             "SIGNUP_ENQUEUE": s.signup_enqueue.value,
             "DEPENDENCY_TIMEOUT_SECONDS": "2",
         }

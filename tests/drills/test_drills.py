@@ -27,6 +27,17 @@ async def test_redis_stopped_during_signups_every_signup_succeeds_and_every_emai
     await stack.assert_one_email_per_signup()
 
 
+async def test_jobs_redis_loses_after_dispatch_are_found_and_sent_once(stack: Stack) -> None:
+    """What a Redis crash inside appendfsync's second, or a failover, can do: forget writes."""
+    await stack.sign_up(5)  # dispatched to Redis; no worker has taken them yet
+    await stack.redis.flushall()
+    stack.start_worker()
+    await stack.sign_up(2)
+    await stack.assert_one_email_per_signup()
+    lost = [line for w in stack.workers for line in w.events("outbox_job_lost_requeued")]
+    assert lost, "the reconciler found nothing to requeue"
+
+
 async def test_postgres_stopped_while_tasks_are_due_then_started(stack: Stack) -> None:
     stack.start_worker()
     await stack.sign_up(5)

@@ -15,6 +15,7 @@ from tests.support.users import new_user
 from verimail_shared import db, outbox
 from verimail_shared.jobs import Queue, SendVerifyEmailPayload, TaskName, queue_key
 from verimail_shared.settings import Settings
+from verimail_shared.tables import OutboxTask
 from verimail_worker.mailer import Mailer
 from verimail_worker.tasks import Deps, Job, send_verify_email
 
@@ -127,3 +128,34 @@ async def test_a_task_for_a_user_that_does_not_exist_is_a_dead_letter_at_once(
     assert "does not exist" in dead
     assert tries == 1
     assert smtp_server.messages == []
+
+
+async def test_the_reconciler_requeues_only_unfinished_jobs_that_redis_lost(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    engine = db.create_engine(settings)
+    sessions = db.create_sessionmaker(engine)
+
+    def row(name: str) -> OutboxTask:
+        payload = SendVerifyEmailPayload(username=name, max_tries=1)
+        return outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=60)
+
+    lost, queued, finished = row("lost"), row("queued"), row("finished")
+    async with db.transaction(sessions) as session:
+        session.add_all([lost, queued, finished])
+    await outbox.enqueue(redis, queued)
+    async with engine.begin() as connection:
+        from sqlalchemy import text
+
+        await connection.execute(
+            text(
+                "UPDATE outbox SET dispatched_at = now() - interval '2 minutes', "
+                "completed_at = CASE WHEN job_id = :f THEN now() END WHERE job_id IN (:l, :q, :f)"
+            ),
+            {"l": lost.job_id, "q": queued.job_id, "f": finished.job_id},
+        )
+    assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 1
+    assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 0  # checked rows wait
+    await engine.dispose()
+    queued_ids = {j.decode() for j in await redis.zrange(queue_key(Queue.CRITICAL), 0, -1)}
+    assert queued_ids == {lost.job_id, queued.job_id}

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -82,11 +83,64 @@ async def relay(
     return len(rows)
 
 
+async def mark_completed(sessions: async_sessionmaker[AsyncSession], job_id: str) -> None:
+    """The job is done (processed, or a dead letter): Redis no longer needs to hold it."""
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(OutboxTask)
+            .where(col(OutboxTask.job_id) == job_id, col(OutboxTask.completed_at).is_(None))
+            .values(completed_at=datetime.now(UTC))
+        )
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    *,
+    older_than_seconds: float,
+    batch: int = RELAY_BATCH,
+) -> int:
+    """Enqueue again the unfinished jobs that Redis no longer has; returns how many.
+
+    Redis acknowledges a write before it is on disk (appendfsync everysec) or on a replica, so
+    a crash or a failover can lose a job after it was dispatched. Every unfinished job has an
+    `arq:job:` key while it is queued, deferred, retrying or running; a row whose key is gone
+    was lost, and goes back on its queue under the same job id.
+    """
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+    async with transaction(sessions) as session:
+        rows = (
+            await session.scalars(
+                select(OutboxTask)
+                .where(
+                    col(OutboxTask.dispatched_at) < cutoff,
+                    col(OutboxTask.completed_at).is_(None),
+                )
+                .order_by(col(OutboxTask.dispatched_at))
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not rows:
+            return 0
+        async with redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.exists(job_key_prefix + row.job_id)
+            present = await pipe.execute()
+        lost = [row for row, exists in zip(rows, present, strict=True) if not exists]
+        for row in lost:
+            await enqueue(redis, row)
+            log.warning("outbox_job_lost_requeued", job_id=row.job_id, task=row.task)
+        # Checked rows wait another period before the next check.
+        await mark_dispatched(session, [loaded(row.id) for row in rows])
+    return len(lost)
+
+
 async def purge(sessions: async_sessionmaker[AsyncSession], older_than: timedelta) -> int:
-    """Delete dispatched rows older than `older_than`; the outbox is not an archive."""
+    """Delete rows finished longer than `older_than` ago; the outbox is not an archive."""
     cutoff = datetime.now(UTC) - older_than
     async with transaction(sessions) as session:
         result = await session.execute(
-            delete(OutboxTask).where(col(OutboxTask.dispatched_at) < cutoff)
+            delete(OutboxTask).where(col(OutboxTask.completed_at) < cutoff)
         )
     return int(getattr(result, "rowcount", 0) or 0)

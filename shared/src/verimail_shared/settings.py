@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     # The outbox relay (runs in every worker)
     outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_relay_after_seconds: float = Field(default=5.0, ge=0)
+    outbox_reconcile_after_seconds: float = Field(default=60.0, gt=0)
     outbox_retention_hours: float = Field(default=168.0, gt=0)
 
     # Email

@@ -97,6 +97,7 @@ class OutboxTask(SQLModel, table=True):
     due_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=_timestamp(NOW))
     dispatched_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
+    completed_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
 
 
 class DeadTask(SQLModel, table=True):

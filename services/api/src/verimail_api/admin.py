@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +29,7 @@ from verimail_shared.errors import (
     Unauthenticated,
 )
 from verimail_shared.jobs import Queue, TaskName
-from verimail_shared.tables import DeadTask
+from verimail_shared.tables import DeadTask, OutboxTask
 
 log = structlog.get_logger(__name__)
 MAX_LIMIT = 1000
@@ -88,6 +88,12 @@ async def retry_dead_task(request: Request) -> Response:
         if not fresh:
             raise FailedPrecondition(f"job {row.job_id} is queued or running already")
         row.requeued_at = datetime.now(UTC)
+        # Unfinished again: the outbox reconciler watches it until it completes.
+        await session.execute(
+            update(OutboxTask)
+            .where(col(OutboxTask.job_id) == row.job_id)
+            .values(completed_at=None, dispatched_at=row.requeued_at)
+        )
     log.info("dead_task_requeued", dead_task_id=dead_id, job_id=row.job_id, task=row.task)
     return JSONResponse({"dead_task": dead_task_body(row)})
 

@@ -41,6 +41,10 @@ OUTBOX_RELAYED = Counter(
     "verimail_outbox_relayed_total",
     "Outbox rows the relay enqueued because their writer had not (Redis down, a crash).",
 )
+OUTBOX_LOST = Counter(
+    "verimail_outbox_lost_jobs_total",
+    "Unfinished jobs Redis no longer had, found in the outbox and enqueued again.",
+)
 QUEUE_DEPTH = Gauge(
     "verimail_queue_depth",
     "Jobs waiting in a queue: `ready` are due now, `deferred` later.",

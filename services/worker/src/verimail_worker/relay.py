@@ -1,4 +1,5 @@
-"""The outbox relay, run beside every worker: enqueues tasks whose writer did not.
+"""The outbox relay, run beside every worker: enqueues tasks whose writer did not, and
+re-enqueues unfinished tasks that Redis lost (a crash or failover after the enqueue).
 
 It lives in the worker service because that is what already runs continuously, talks to both
 PostgreSQL and Redis, and scales out; SKIP LOCKED lets any number of copies share the work.
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from verimail_shared import outbox
 from verimail_shared.settings import Settings
-from verimail_worker.metrics import OUTBOX_RELAYED
+from verimail_worker.metrics import OUTBOX_LOST, OUTBOX_RELAYED
 
 log = structlog.get_logger(__name__)
 PURGE_EVERY_SECONDS = 3600.0
@@ -35,7 +36,11 @@ async def run_relay(
                 relayed = await outbox.relay(
                     sessions, redis, older_than_seconds=settings.outbox_relay_after_seconds
                 )
+                lost = await outbox.reconcile(
+                    sessions, redis, older_than_seconds=settings.outbox_reconcile_after_seconds
+                )
             OUTBOX_RELAYED.inc(relayed)
+            OUTBOX_LOST.inc(lost)
             if loop.time() - purged_at > PURGE_EVERY_SECONDS:
                 purged_at = loop.time()
                 retention = timedelta(hours=settings.outbox_retention_hours)

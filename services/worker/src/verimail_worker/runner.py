@@ -8,6 +8,7 @@ after a backoff while tries remain and the error is transient, or fail for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import structlog
 from arq.worker import Function, Retry, func
 
+from verimail_shared import outbox
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
 from verimail_worker import deadletters
@@ -65,6 +67,7 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
                     raise PermanentError(f"max tries ({parsed.max_tries}) exhausted")
                 async with asyncio.timeout(timeout):
                     await handler(deps, parsed, job)
+                    await outbox.mark_completed(deps.sessions, job.id)
             except Exception as exc:
                 outcome = await handle_failure(deps, task, queue, job, payload, exc)
                 if outcome is exc:
@@ -126,6 +129,8 @@ async def handle_failure(
             log.error("dead_letter_not_stored", error=f"{type(store_exc).__name__}: {store_exc}")
         else:
             FAILED.labels(task.value, queue).inc()
+            with contextlib.suppress(Exception):  # only spares the reconciler a look
+                await outbox.mark_completed(deps.sessions, job.id)
             return exc
     RETRIED.labels(task.value, queue).inc()
     return Retry(defer=retry_in)

@@ -39,6 +39,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
     )
     # The relay only ever looks for rows not dispatched yet; keep that lookup small.
     op.create_index(
@@ -46,6 +47,13 @@ def upgrade() -> None:
         "outbox",
         ["id"],
         postgresql_where=sa.text("dispatched_at IS NULL"),
+    )
+    # ...and for rows handed to Redis but not finished, to find any that Redis lost.
+    op.create_index(
+        "ix_outbox_unfinished",
+        "outbox",
+        ["dispatched_at"],
+        postgresql_where=sa.text("dispatched_at IS NOT NULL AND completed_at IS NULL"),
     )
 
     op.create_table(
