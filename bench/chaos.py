@@ -88,7 +88,7 @@ class Soak:
             "RETRY_BACKOFF_BASE_SECONDS": "0.2",
             "RETRY_BACKOFF_MAX_SECONDS": "2",
             "OUTBOX_RELAY_AFTER_SECONDS": "2",
-            "OUTBOX_RECONCILE_AFTER_SECONDS": "10",
+            "OUTBOX_RECONCILE_AFTER_SECONDS": "5",
             "DEPENDENCY_TIMEOUT_SECONDS": "2",
             "WORKER_METRICS_PORT": "0",
         }
@@ -166,6 +166,7 @@ class Soak:
             self.crash_redis,
             self.restart_postgres,
             self.refuse_smtp,
+            self.lose_redis_writes,
         ]
         while True:
             await asyncio.sleep(self.random.uniform(2, 6))
@@ -190,6 +191,19 @@ class Soak:
     async def crash_redis(self) -> None:
         await asyncio.to_thread(self.redis.kill)
         await asyncio.sleep(self.random.uniform(0.5, 3))
+        await asyncio.to_thread(self.redis.start)
+
+    async def lose_redis_writes(self) -> None:
+        """What a Sentinel failover to a lagging replica does: the last seconds of writes vanish.
+
+        Copies the append-only file, lets writes go on for a moment, then crashes Redis and
+        starts it again from the copy.
+        """
+        aof = self.redis.data_dir / "appendonly.aof"
+        snapshot = await asyncio.to_thread(aof.read_bytes)
+        await asyncio.sleep(self.random.uniform(1, 3))
+        await asyncio.to_thread(self.redis.kill)
+        await asyncio.to_thread(aof.write_bytes, snapshot)
         await asyncio.to_thread(self.redis.start)
 
     async def restart_postgres(self) -> None:

@@ -179,3 +179,18 @@ async def test_a_signup_whose_transaction_fails_after_the_enqueue_point_sends_no
         (phantom,) = dead
         assert phantom["payload"]["username"] == "doomed_signup"
         assert "never committed" in phantom["last_error"]
+
+
+@pytest.mark.parametrize("stack", [{"worker_shutdown_grace_seconds": 1}], indirect=True)
+async def test_jobs_still_running_when_the_grace_ends_run_again_on_the_next_worker(
+    stack: Stack,
+) -> None:
+    stack.smtp.inbox.rcpt_delay = 3  # every send outlasts the grace
+    first = stack.start_worker()
+    await stack.sign_up(3)
+    await eventually(lambda: len(first.events("task_started")) >= 3, timeout=30)
+    assert await asyncio.to_thread(first.stop, signal.SIGTERM, 30) == 0
+    assert first.events("task_processed") == []
+    stack.smtp.inbox.rcpt_delay = 0
+    stack.start_worker()
+    await stack.assert_one_email_per_signup()
