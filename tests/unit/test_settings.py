@@ -47,3 +47,11 @@ def test_other_schemes_are_refused() -> None:
 def test_secrets_are_masked_when_printed() -> None:
     settings = Settings(_env_file=None, smtp_password="hunter2-secret")  # type: ignore[call-arg]
     assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)
+
+
+def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
+    from verimail_worker.worker import create_worker
+
+    worker = create_worker(Settings(_env_file=None), handle_signals=False)  # type: ignore[call-arg]
+    # arq lets another worker take the job once its in-progress key expires.
+    assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60  # type: ignore[call-arg]
