@@ -91,6 +91,7 @@ class Soak:
             "OUTBOX_RECONCILE_AFTER_SECONDS": "5",
             "DEPENDENCY_TIMEOUT_SECONDS": "2",
             "WORKER_METRICS_PORT": "0",
+            "RATE_LIMIT_CREATE_USER": "off",
         }
 
     def log(self, name: str) -> Any:

@@ -87,6 +87,11 @@ def make_settings(
         "worker_poll_delay_seconds": 0.02,
         "dependency_timeout_seconds": 2,
         "argon2_memory_kib": 19456,
+        # Tests sign many users up from one address; the limits have tests of their own.
+        "rate_limit_create_user": "off",
+        "rate_limit_verify_email": "off",
+        "rate_limit_resend_ip": "off",
+        "rate_limit_resend_email": "off",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

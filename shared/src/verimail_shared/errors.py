@@ -39,6 +39,14 @@ class FailedPrecondition(VerimailError):
     """The thing exists but is in the wrong state (a used or expired code)."""
 
 
+class ResourceExhausted(VerimailError):
+    """Too many requests; `retry_after` says when to try again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(VerimailError):
     """A dependency (PostgreSQL, Redis, SMTP) did not answer; the same call may work later."""
 

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16384, ge=1024)
     admin_token: SecretStr | None = None
+    api_metrics_port: int | None = None  # serve /metrics on its own port instead of API_PORT
+    api_metrics_host: str = "127.0.0.1"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit_create_user: str = "20/minute"
+    rate_limit_verify_email: str = "60/minute"
+    rate_limit_resend_ip: str = "10/minute"
+    rate_limit_resend_email: str = "3/hour"
 
     # The verification task
     verify_email_defer_seconds: float = Field(default=10.0, ge=0)
@@ -87,6 +95,14 @@ class Settings(BaseSettings):
     worker_health_check_interval_seconds: int = Field(default=10, ge=1)
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9100
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        """Comma-separated in the environment."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("worker_queues", mode="before")
     @classmethod

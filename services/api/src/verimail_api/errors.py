@@ -18,6 +18,7 @@ from verimail_shared.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
     VerimailError,
@@ -26,13 +27,14 @@ from verimail_shared.errors import (
 log = structlog.get_logger(__name__)
 
 # gRPC status codes (google.rpc.Code) and the HTTP status grpc-gateway gives each.
-INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 3, 5, 6, 9
+INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, RESOURCE_EXHAUSTED, FAILED_PRECONDITION = 3, 5, 6, 8, 9
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
 HTTP_STATUS = {
     INVALID_ARGUMENT: 400,
     NOT_FOUND: 404,
     ALREADY_EXISTS: 409,
     FAILED_PRECONDITION: 400,
+    RESOURCE_EXHAUSTED: 429,
     UNIMPLEMENTED: 501,
     INTERNAL: 500,
     UNAVAILABLE: 503,
@@ -45,8 +47,15 @@ GRPC_CODE: dict[type[VerimailError], int] = {
     FailedPrecondition: FAILED_PRECONDITION,
     Unavailable: UNAVAILABLE,
     Unauthenticated: UNAUTHENTICATED,
+    ResourceExhausted: RESOURCE_EXHAUSTED,
 }
-HTTP_TO_GRPC = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 405: UNIMPLEMENTED, 413: INVALID_ARGUMENT}
+HTTP_TO_GRPC = {
+    400: INVALID_ARGUMENT,
+    404: NOT_FOUND,
+    405: UNIMPLEMENTED,
+    413: INVALID_ARGUMENT,
+    415: INVALID_ARGUMENT,
+}
 
 # What a dependency that is down or slow raises, from each client library.
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,6 +102,10 @@ def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, Unauthenticated):
         response = status_response(UNAUTHENTICATED, str(exc))
         response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    if isinstance(exc, ResourceExhausted):
+        response = status_response(RESOURCE_EXHAUSTED, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
         return response
     if isinstance(exc, VerimailError):
         return status_response(grpc_code(exc), str(exc))

@@ -10,7 +10,7 @@ from starlette.responses import HTMLResponse
 
 from verimail_api.errors import HTTP_STATUS, grpc_code
 from verimail_api.signup import CodeAlreadyUsed, CodeExpired
-from verimail_shared.errors import NotFound, VerimailError
+from verimail_shared.errors import NotFound, ResourceExhausted, VerimailError
 
 _templates = Environment(
     loader=PackageLoader("verimail_api", "templates"), autoescape=select_autoescape(["html"])
@@ -34,6 +34,11 @@ OUTCOMES: dict[type[VerimailError], Outcome] = {
     CodeExpired: Outcome(
         "Link expired", "This link has expired. Sign in and ask for a new verification email."
     ),
+    ResourceExhausted: Outcome(
+        "Too many attempts",
+        "Too many verification attempts came from "
+        "your network. Wait a minute and open the link again.",
+    ),
     NotFound: Outcome(
         "Link not valid",
         "This verification link is not valid. Check that you copied the whole link from the email.",
@@ -52,7 +57,10 @@ def verify_page(error: VerimailError | None) -> HTMLResponse:
     if error is None:
         return _render(VERIFIED, 200)
     outcome = next((o for kind, o in OUTCOMES.items() if isinstance(error, kind)), INVALID)
-    return _render(outcome, HTTP_STATUS[grpc_code(error)])
+    response = _render(outcome, HTTP_STATUS[grpc_code(error)])
+    if isinstance(error, ResourceExhausted):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def _render(outcome: Outcome, status: int) -> HTMLResponse:

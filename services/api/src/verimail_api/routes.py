@@ -8,6 +8,7 @@ from typing import Any
 
 import prometheus_client
 from sqlalchemy import text
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from verimail_api.middleware import current_request_id
 from verimail_api.pages import verify_page, wants_html
 from verimail_api.schemas import (
     CreateUserRequest,
+    ResendVerifyEmailRequest,
     VerifyEmailRequest,
     parse,
     user_body,
@@ -31,16 +33,28 @@ class BodyTooLarge(InvalidArgument):
 
 async def create_user(request: Request) -> Response:
     state: State = request.app.state.verimail
+    await state.limits.hit("create_user", state.limits.client(request))
     data = await read_json(request, state.settings.max_body_bytes)
     body = parse(CreateUserRequest, data)
     user = await state.signup.create_user(body, current_request_id())
     return JSONResponse({"user": user_body(user)})
 
 
+async def resend_verify_email(request: Request) -> Response:
+    """Always the same answer, whether or not the address has an account (no enumeration)."""
+    state: State = request.app.state.verimail
+    await state.limits.hit("resend_ip", state.limits.client(request))
+    body = parse(ResendVerifyEmailRequest, await read_json(request, state.settings.max_body_bytes))
+    await state.limits.hit("resend_email", body.email.lower())
+    job = await state.signup.resend_verify_email(body.email, current_request_id())
+    return JSONResponse({}, background=BackgroundTask(state.signup.dispatch, job))
+
+
 async def verify_email(request: Request) -> Response:
     state: State = request.app.state.verimail
     html = wants_html(request)
     try:
+        await state.limits.hit("verify_email", state.limits.client(request))
         query = parse(VerifyEmailRequest, dict(request.query_params))
         await state.signup.verify_email(query.email_id, query.secret_code)
     except InvalidArgument as exc:
@@ -111,6 +125,7 @@ def body_too_large(request: Request, exc: Exception) -> Response:
 ROUTES = [
     Route("/v1/create_user", create_user, methods=["POST"]),
     Route("/v1/verify_email", verify_email, methods=["GET"]),
+    Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

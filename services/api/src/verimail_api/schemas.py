@@ -83,6 +83,12 @@ class CreateUserRequest(Request):
         return f"CreateUserRequest(username={self.username!r}, email={self.email!r})"
 
 
+class ResendVerifyEmailRequest(Request):
+    email: str
+
+    _email = field_validator("email")(check_email)
+
+
 class VerifyEmailRequest(Request):
     model_config = ConfigDict(strict=False)
 

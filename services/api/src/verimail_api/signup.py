@@ -8,7 +8,7 @@ from typing import Protocol
 
 import structlog
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -78,6 +78,28 @@ class Signup:
         if self.mode is SignupEnqueue.OUTBOX:
             await self._dispatch(job)
         return user
+
+    async def resend_verify_email(self, email: str, request_id: str | None) -> OutboxTask | None:
+        """Write a new verification task if `email` belongs to an unverified user.
+
+        Returns the task to dispatch, which the caller does after answering, so that whether the
+        address exists shows neither in the answer nor in its timing.
+        """
+        async with transaction(self.sessions) as session:
+            user = await session.scalar(select(User).where(col(User.email) == email))
+            if user is None or user.is_email_verified:
+                return None
+            payload = SendVerifyEmailPayload(
+                username=user.username, max_tries=self.max_tries, request_id=request_id
+            )
+            job = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=0)
+            session.add(job)
+        log.info("verify_email_resend", username=user.username, job_id=job.job_id)
+        return job
+
+    async def dispatch(self, job: OutboxTask | None) -> None:
+        if job is not None:
+            await self._dispatch(job)
 
     async def _dispatch(self, job: OutboxTask) -> None:
         """Enqueue a committed outbox row now; on any failure the relay does it shortly."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import structlog
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
+from verimail_api.ratelimit import Rate, RateLimiter, client_ip
 from verimail_api.signup import Signup
 from verimail_shared import db, outbox, queue
 from verimail_shared.jobs import TASK_QUEUES, TaskName
@@ -45,12 +48,42 @@ class ArqTaskQueue:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The configured rate limits, and who is behind a request."""
+
+    limiter: RateLimiter
+    rates: dict[str, Rate | None]
+    trusted_proxies: list[IPv4Network | IPv6Network]
+
+    async def hit(self, name: str, key: str) -> None:
+        await self.limiter.hit(name, key, self.rates[name])
+
+    def client(self, request: Request) -> str:
+        return client_ip(request, self.trusted_proxies)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis: ArqRedis) -> Limits:
+        rates = {
+            "create_user": settings.rate_limit_create_user,
+            "verify_email": settings.rate_limit_verify_email,
+            "resend_ip": settings.rate_limit_resend_ip,
+            "resend_email": settings.rate_limit_resend_email,
+        }
+        return cls(
+            RateLimiter(redis, settings.dependency_timeout_seconds),
+            {name: Rate.parse(text) for name, text in rates.items()},
+            [ip_network(proxy, strict=False) for proxy in settings.trusted_proxies],
+        )
+
+
+@dataclass(frozen=True)
 class State:
     settings: Settings
     engine: AsyncEngine
     redis: ArqRedis
     passwords: Passwords
     signup: Signup
+    limits: Limits
 
     @classmethod
     def open(cls, settings: Settings) -> State:
@@ -65,7 +98,9 @@ class State:
             defer_seconds=settings.verify_email_defer_seconds,
             mode=settings.signup_enqueue,
         )
-        return cls(settings, engine, redis, passwords, signup)
+        return cls(
+            settings, engine, redis, passwords, signup, Limits.from_settings(settings, redis)
+        )
 
     async def close(self) -> None:
         self.passwords.close()
