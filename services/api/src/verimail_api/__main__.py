@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import prometheus_client
 import uvicorn
 
 from verimail_api.app import create_app
@@ -16,6 +17,8 @@ def main() -> None:
     parser.parse_args()
     settings = get_settings()
     configure_logging(settings)
+    if settings.api_metrics_port is not None:
+        prometheus_client.start_http_server(settings.api_metrics_port, settings.api_metrics_host)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

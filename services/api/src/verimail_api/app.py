@@ -9,14 +9,32 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from verimail_api import admin
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
+from verimail_api.headers import SecurityHeadersMiddleware
 from verimail_api.middleware import RequestContextMiddleware
-from verimail_api.routes import ROUTES, BodyTooLarge, body_too_large
+from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
 from verimail_shared.settings import Settings, get_settings
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    stack = [Middleware(RequestContextMiddleware), Middleware(SecurityHeadersMiddleware)]
+    if settings.cors_origins:  # off unless asked for: the API serves no browser app itself
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            )
+        )
+    return stack
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -32,10 +50,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.close()
 
     return Starlette(
-        routes=[*ROUTES, *admin.ROUTES],
-        middleware=[Middleware(RequestContextMiddleware)],
+        routes=[*routes(settings), *admin.ROUTES],
+        middleware=middleware(settings),
         exception_handlers={
-            BodyTooLarge: body_too_large,
+            BodyTooLarge: body_error,
+            UnsupportedMediaType: body_error,
             HTTPException: handle_http_exception,
             VerimailError: handle_exception,
             DBAPIError: handle_exception,

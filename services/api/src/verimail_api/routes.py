@@ -25,10 +25,23 @@ from verimail_api.schemas import (
 )
 from verimail_api.state import State
 from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
+from verimail_shared.settings import Settings
 
 
 class BodyTooLarge(InvalidArgument):
-    pass
+    """413: the body is larger than MAX_BODY_BYTES."""
+
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """415: the body is declared as something that is not JSON."""
+
+    http_status = 415
+
+
+# JSON, and what clients of grpc-gateway send JSON as: nothing, or curl -d's form type.
+JSON_TYPES = {"", "application/json", "application/x-www-form-urlencoded"}
 
 
 async def create_user(request: Request) -> Response:
@@ -101,7 +114,11 @@ async def _ping_postgres(state: State) -> None:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, whatever its content type (grpc-gateway does not insist either)."""
+    """The body as JSON. Like grpc-gateway, a missing content type or curl's default form type
+    is read as JSON too (decision 020); any other non-JSON type is refused with 415."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+        raise UnsupportedMediaType([FieldViolation("content-type", "must be application/json")])
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
@@ -116,17 +133,21 @@ async def read_json(request: Request, limit: int) -> Any:
         raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
 
 
-def body_too_large(request: Request, exc: Exception) -> Response:
+def body_error(request: Request, exc: Exception) -> Response:
+    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
     response = error_response(exc)
-    response.status_code = 413
+    response.status_code = getattr(exc, "http_status", 400)
     return response
 
 
-ROUTES = [
-    Route("/v1/create_user", create_user, methods=["POST"]),
-    Route("/v1/verify_email", verify_email, methods=["GET"]),
-    Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-]
+def routes(settings: Settings) -> list[Route]:
+    result = [
+        Route("/v1/create_user", create_user, methods=["POST"]),
+        Route("/v1/verify_email", verify_email, methods=["GET"]),
+        Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if settings.api_metrics_port is None:  # else served on its own port by `verimail-api`
+        result.append(Route("/metrics", metrics, methods=["GET"]))
+    return result
