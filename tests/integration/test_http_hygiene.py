@@ -35,7 +35,9 @@ async def test_every_response_carries_the_security_headers(
     assert "access-control-allow-origin" not in answers[0].headers
 
 
-async def test_cors_is_off_unless_origins_are_configured(settings: Settings, redis: ArqRedis) -> None:
+async def test_cors_is_off_unless_origins_are_configured(
+    settings: Settings, redis: ArqRedis
+) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     async with api_client(settings) as client:
         closed = await client.options("/v1/create_user", headers=preflight)
@@ -50,44 +52,63 @@ async def test_cors_is_off_unless_origins_are_configured(settings: Settings, red
     assert "access-control-allow-origin" not in other.headers
 
 
-@pytest.mark.parametrize("content_type", [
-    "text/plain", "multipart/form-data; boundary=x", "application/xml", "image/png",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "image/png",
+    ],
+)
 async def test_a_non_json_content_type_is_415(
     settings: Settings, redis: ArqRedis, content_type: str
 ) -> None:
     async with api_client(settings) as client:
-        answer = await client.post("/v1/create_user", content=json.dumps(new_user()),
-                                   headers={"Content-Type": content_type})
+        answer = await client.post(
+            "/v1/create_user",
+            content=json.dumps(new_user()),
+            headers={"Content-Type": content_type},
+        )
     assert answer.status_code == 415
     assert answer.json()["code"] == 3
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "application/json", "application/json; charset=utf-8",
-    "application/x-www-form-urlencoded", "application/merge-patch+json",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "application/merge-patch+json",
+    ],
+)
 async def test_json_and_curls_default_type_are_accepted(
     settings: Settings, redis: ArqRedis, content_type: str | None
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     async with api_client(settings) as client:
-        answer = await client.post("/v1/create_user", content=json.dumps(new_user()),
-                                   headers=headers)
+        answer = await client.post(
+            "/v1/create_user", content=json.dumps(new_user()), headers=headers
+        )
     assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    (b"{" + b" " * 20_000 + b"}", 413),  # oversized
-    (b"[" * 5000 + b"]" * 5000, 400),  # deeply nested
-    (b'{"username": ["a"], "full_name": {}, "email": 5, "password": null}', 400),  # wrong types
-    (b'{"username": "\xff\xfe"}', 400),  # not UTF-8
-    (b"\x00\x01\x02", 400),
-    (b"", 400),
-    (b"null", 400),
-    (b'"just a string"', 400),
-    (b"1e999999", 400),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{" + b" " * 20_000 + b"}", 413),  # oversized
+        (b"[" * 5000 + b"]" * 5000, 400),  # deeply nested
+        (b'{"username": ["a"], "full_name": {}, "email": 5, "password": null}', 400),  # wrong types
+        (b'{"username": "\xff\xfe"}', 400),  # not UTF-8
+        (b"\x00\x01\x02", 400),
+        (b"", 400),
+        (b"null", 400),
+        (b'"just a string"', 400),
+        (b"1e999999", 400),
+    ],
+)
 async def test_hostile_bodies_get_the_right_4xx(
     settings: Settings, redis: ArqRedis, body: bytes, status: int
 ) -> None:
@@ -101,8 +122,9 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_read(
     settings: Settings, redis: ArqRedis
 ) -> None:
     async with api_client(settings) as client:
-        answer = await client.post("/v1/create_user", content=b"{}",
-                                   headers={"Content-Length": "999999999"})
+        answer = await client.post(
+            "/v1/create_user", content=b"{}", headers={"Content-Length": "999999999"}
+        )
     assert answer.status_code == 413
 
 

@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
 
 from verimail_shared.settings import Settings
 
@@ -28,6 +29,21 @@ class Passwords:
     async def hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._hasher.hash, password)
+
+    async def verify(self, hashed: str, password: str) -> tuple[bool, str | None]:
+        """Whether `password` matches; and a new hash when the parameters have changed since
+        `hashed` was made (rehash at the next successful check, as OWASP advises)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._verify, hashed, password)
+
+    def _verify(self, hashed: str, password: str) -> tuple[bool, str | None]:
+        try:
+            self._hasher.verify(hashed, password)
+        except (VerificationError, InvalidHashError):
+            return False, None
+        if self._hasher.check_needs_rehash(hashed):
+            return True, self._hasher.hash(password)
+        return True, None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
