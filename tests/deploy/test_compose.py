@@ -67,7 +67,8 @@ def test_workers_can_be_scaled(compose: dict[str, Any]) -> None:
     assert "ports" not in worker  # a fixed host port would clash between replicas
     env = worker["environment"]
     assert env["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104 (Prometheus scrapes it)
-    grace = int(env.get("WORKER_SHUTDOWN_GRACE_SECONDS", Settings(_env_file=None).worker_shutdown_grace_seconds  # type: ignore[call-arg]))
+    default = Settings.model_fields["worker_shutdown_grace_seconds"].default
+    grace = int(env.get("WORKER_SHUTDOWN_GRACE_SECONDS", default))
     assert int(worker["stop_grace_period"].removesuffix("s")) > grace
 
 
@@ -76,7 +77,9 @@ def test_prometheus_discovers_every_replica_by_dns(compose: dict[str, Any]) -> N
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     worker_sd = jobs["verimail-worker"]["dns_sd_configs"][0]
     assert worker_sd["names"] == ["worker"] and worker_sd["type"] == "A"
-    assert worker_sd["port"] == int(services(compose)["worker"]["environment"]["WORKER_METRICS_PORT"])
+    assert worker_sd["port"] == int(
+        services(compose)["worker"]["environment"]["WORKER_METRICS_PORT"]
+    )
     assert jobs["verimail-api"]["dns_sd_configs"][0]["names"] == ["api"]
 
 
