@@ -8,7 +8,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker up down logs clean
+.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker chaos up down logs clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ api: install ## Run the API alone (uses DATABASE_URL, REDIS_URL)
 
 worker: install ## Run one worker alone (uses DATABASE_URL, REDIS_URL, SMTP_*)
 	$(UV) run --frozen verimail-worker
+
+chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
+	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
 
 up: ## docker compose: build and start the whole system (API :8000, Mailpit :8025, Grafana :3000)
 	$(COMPOSE) up --build --detach

@@ -5,6 +5,7 @@ a real Prometheus server answering every dashboard query and scraping a running 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from arq.connections import ArqRedis
 
 from tests.support.binaries import require
 from tests.support.polling import eventually
-from tests.support.processes import Process, service
+from tests.support.processes import Process, Service
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared.embedded import free_port, wait_for_port
@@ -180,8 +181,8 @@ async def test_prometheus_scrapes_the_tasks_of_real_signups(
         "WORKER_POLL_DELAY_SECONDS": "0.05",
         "VERIFY_EMAIL_DEFER_SECONDS": "0",
     }
-    api = service("verimail-api", env, tmp_path / "api.log")
-    worker = service("verimail-worker", env, tmp_path / "worker.log")
+    api = Service("verimail-api", {**os.environ, **env}, tmp_path / "api.log")
+    worker = Service("verimail-worker", {**os.environ, **env}, tmp_path / "worker.log")
     try:
         wait_for_port(ports["api"], 30)
         wait_for_port(ports["worker"], 30)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,35 +14,11 @@ from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.polling import eventually
+from tests.support.processes import Service, command
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
-
-
-def command(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-class Service:
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._file = log.open("wb")
-        self.process = subprocess.Popen(
-            [command(name)], env=env, stdout=self._file, stderr=subprocess.STDOUT
-        )
-
-    def lines(self) -> list[dict[str, object]]:
-        return [
-            json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
-        ]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._file.close()
-        return code
 
 
 @pytest.fixture

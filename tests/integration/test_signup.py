@@ -52,6 +52,11 @@ async def test_signup_stores_a_hashed_password_and_enqueues_one_deferred_job(
     assert len(jobs) == 1
     job_id, score = jobs[0]
     assert before_ms + 9_000 < score < time.time() * 1000 + 10_500  # deferred by ~10 s
+    async with database(settings) as engine:
+        task = await fetch_one(engine, "SELECT * FROM outbox WHERE job_id = :j", j=job_id.decode())
+    assert task["payload"]["username"] == body["username"]
+    assert task["dispatched_at"] is not None
+    assert abs(task["due_at"].timestamp() * 1000 - score) < 1
     job = json.loads(await redis.get(b"arq:job:" + job_id))
     assert job["f"] == TaskName.SEND_VERIFY_EMAIL
     assert job["a"][0]["username"] == body["username"]
@@ -121,11 +126,28 @@ async def test_malformed_json_is_a_400_not_a_500(settings: Settings, redis: ArqR
     assert response.json()["details"][0]["field_violations"][0]["field"] == "body"
 
 
-async def test_redis_down_at_signup_is_a_503_and_leaves_no_user(
+async def test_redis_down_at_signup_still_signs_up_and_leaves_the_task_to_the_relay(
     database_url: str, smtp_server: SmtpServer
 ) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     settings = make_settings(database_url, dead_redis, smtp_server)
+    body = new_user()
+    async with api_client(settings) as client:
+        response = await client.post("/v1/create_user", json=body)
+    assert response.status_code == 200, response.text
+    async with database(settings) as engine:
+        task = await fetch_one(
+            engine, "SELECT * FROM outbox WHERE payload->>'username' = :u", u=body["username"]
+        )
+    assert task["task"] == "send_verify_email"
+    assert task["dispatched_at"] is None
+
+
+async def test_in_transaction_mode_redis_down_is_a_503_and_leaves_no_user(
+    database_url: str, smtp_server: SmtpServer
+) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(database_url, dead_redis, smtp_server, signup_enqueue="in_transaction")
     body = new_user()
     async with api_client(settings) as client:
         response = await client.post("/v1/create_user", json=body)

@@ -1,57 +1,71 @@
-"""The real Verimail commands and servers as subprocesses, stopped with SIGTERM."""
+"""Verimail's own commands and other servers as real subprocesses, with their logs kept."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def command(name: str) -> str:
-    """A console script of the virtualenv the tests run in."""
+    """The console script beside this interpreter (the project's virtualenv)."""
     return str(Path(sys.executable).with_name(name))
 
 
-class Process:
-    """One subprocess whose output goes to a log file."""
-
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.argv = argv
-        self.env = env
+class Service:
+    def __init__(self, name: str, env: dict[str, str], log: Path, *args: str) -> None:
         self.log = log
         self._file = log.open("ab")
         self.process = subprocess.Popen(
-            argv, env=env, stdout=self._file, stderr=subprocess.STDOUT, cwd=log.parent
+            [command(name), *args], env=env, stdout=self._file, stderr=subprocess.STDOUT
         )
 
     @property
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def lines(self) -> list[dict[str, object]]:
-        """The JSON log lines written so far."""
+    def lines(self) -> list[dict[str, Any]]:
         return [
             json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
         ]
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._file.close()
+        return code
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+
+class Process:
+    """Any other server (redis-server, redis-sentinel, prometheus), its output in a log file."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.process = subprocess.Popen(
+            argv, stdout=self._file, stderr=subprocess.STDOUT, cwd=log.parent
+        )
+
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""
-        if self.running:
+        if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
 
     def stop(self, timeout: float = 30) -> int:
-        if self.running:
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         finally:
             self._file.close()
-
-
-def service(name: str, env: dict[str, str], log: Path) -> Process:
-    """`verimail-api`, `verimail-worker`, … with `env` on top of this process's environment."""
-    return Process([command(name)], log, {**os.environ, **env})

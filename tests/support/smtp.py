@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -22,11 +23,14 @@ class Inbox:
     messages: list[EmailMessage] = field(default_factory=list)
     data_reply: str | None = None  # e.g. "421 try again later" for every DATA
     refuse: dict[str, str] = field(default_factory=dict)  # recipient -> "550 no such user"
+    rcpt_delay: float = 0.0  # a slow server: before any message is taken, never after
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)

@@ -79,3 +79,11 @@ def test_with_sentinels_arq_asks_them_and_keeps_database_and_password() -> None:
     assert arq.sentinel and arq.sentinel_master == "verimail"
     assert arq.host == [("a", 1), ("b", 2)]
     assert (arq.database, arq.password) == (2, "pw")
+
+
+def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
+    from verimail_worker.worker import create_worker
+
+    worker = create_worker(Settings(_env_file=None), handle_signals=False)  # type: ignore[call-arg]
+    # arq lets another worker take the job once its in-progress key expires.
+    assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60  # type: ignore[call-arg]

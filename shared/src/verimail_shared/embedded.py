@@ -197,6 +197,13 @@ class EmbeddedRedis:
         )
         wait_for_port(self.port, timeout=20)
 
+    def kill(self) -> None:
+        """Crash: whatever the append-only file has not fsynced yet is lost."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def stop(self) -> None:
         if self._process is None:
             return

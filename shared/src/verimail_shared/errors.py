@@ -31,6 +31,10 @@ class AlreadyExists(VerimailError):
     """The thing to create exists already."""
 
 
+class Unauthenticated(VerimailError):
+    """The caller did not prove who it is."""
+
+
 class FailedPrecondition(VerimailError):
     """The thing exists but is in the wrong state (a used or expired code)."""
 

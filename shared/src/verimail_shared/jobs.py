@@ -33,7 +33,8 @@ def queue_of_key(key: str) -> str:
 class TaskPayload(BaseModel):
     """What every task carries besides its own fields: how often to try, and whose request."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown fields are ignored: an older worker keeps working when the API adds one.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     max_tries: int = Field(ge=1)
     request_id: str | None = None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, result_key_prefix, retry_key_prefix
+from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
@@ -68,17 +72,59 @@ def _sentinel_pool(settings: Settings) -> SentinelConnectionPool:
 async def enqueue(
     redis: ArqRedis,
     task: TaskName,
-    payload: TaskPayload,
+    payload: TaskPayload | dict[str, Any],
     *,
-    defer_by: float,
-    job_id: str | None = None,
-) -> str | None:
-    """Put a task on its queue; returns the job id, or None if that job id exists already."""
+    job_id: str,
+    defer_by: float = 0,
+    defer_until: datetime | None = None,
+) -> bool:
+    """Put a task on its queue under `job_id`; False if a job with that id exists already
+    (queued, running, or finished within arq's result retention), which makes it idempotent."""
     job = await redis.enqueue_job(
         task,
-        payload.model_dump(mode="json"),
+        payload if isinstance(payload, dict) else payload.model_dump(mode="json"),
         _job_id=job_id,
         _queue_name=queue_key(TASK_QUEUES[task]),
         _defer_by=timedelta(seconds=defer_by) if defer_by else None,
+        _defer_until=defer_until,
     )
-    return job.job_id if job else None
+    return job is not None
+
+
+async def requeue(redis: ArqRedis, task: TaskName, payload: dict[str, Any], *, job_id: str) -> bool:
+    """Enqueue a job that failed for good again, under its own id (so the work it already did,
+    such as a sent email, is recognised), with a fresh count of tries."""
+    await redis.delete(result_key_prefix + job_id, retry_key_prefix + job_id)
+    return await enqueue(redis, task, payload, job_id=job_id)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    ready: int
+    deferred: int
+    in_progress: int
+
+
+async def queue_counts(redis: ArqRedis, queues: list[str]) -> dict[str, QueueCounts]:
+    """Jobs per queue: due now and waiting, due later, and running (arq keeps running jobs in
+    the queue until they finish, marked by an in-progress key)."""
+    now = timestamp_ms()
+    running = [
+        key.decode().removeprefix(in_progress_key_prefix)
+        async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in queues:
+            pipe.zcount(queue_key(name), "-inf", now)
+            pipe.zcount(queue_key(name), f"({now}", "+inf")
+            for job_id in running:
+                pipe.zscore(queue_key(name), job_id)
+        results = iter(await pipe.execute())
+    counts = {}
+    for name in queues:
+        due, later = next(results), next(results)
+        in_progress = sum(score is not None for score in (next(results) for _ in running))
+        counts[name] = QueueCounts(
+            ready=max(due - in_progress, 0), deferred=later, in_progress=in_progress
+        )
+    return counts

@@ -21,6 +21,13 @@ class SmtpTls(StrEnum):
     TLS = "tls"
 
 
+class SignupEnqueue(StrEnum):
+    """How signup hands its task to the queue (decision 005)."""
+
+    OUTBOX = "outbox"  # commit user + outbox row, then enqueue; a relay covers failures
+    IN_TRANSACTION = "in_transaction"  # simplebank's design, kept for comparison only
+
+
 class Settings(BaseSettings):
     """Every setting of every Verimail process; each field is one environment variable."""
 
@@ -48,6 +55,7 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19456, ge=19456)
     argon2_parallelism: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16384, ge=1024)
+    admin_token: SecretStr | None = None
 
     # The verification task
     verify_email_defer_seconds: float = Field(default=10.0, ge=0)
@@ -55,6 +63,13 @@ class Settings(BaseSettings):
     verify_email_ttl_minutes: int = Field(default=15, ge=1)
     retry_backoff_base_seconds: float = Field(default=2.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    signup_enqueue: SignupEnqueue = SignupEnqueue.OUTBOX
+
+    # The outbox relay (runs in every worker)
+    outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_relay_after_seconds: float = Field(default=5.0, ge=0)
+    outbox_reconcile_after_seconds: float = Field(default=60.0, gt=0)
+    outbox_retention_hours: float = Field(default=168.0, gt=0)
 
     # Email
     smtp_host: str = "127.0.0.1"

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Identity, String, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 # simplebank's zero value for "password never changed"; clients compare against it.
@@ -26,6 +37,14 @@ def _timestamp(default: object) -> Column[datetime]:
     return Column(DateTime(timezone=True), nullable=False, server_default=default)  # type: ignore[arg-type]
 
 
+def _optional_timestamp() -> Column[datetime]:
+    return Column(DateTime(timezone=True), nullable=True)
+
+
+def _identity() -> Column[int]:
+    return Column(BigInteger, Identity(always=False), primary_key=True)
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
 
@@ -43,9 +62,7 @@ class User(SQLModel, table=True):
 class VerifyEmail(SQLModel, table=True):
     __tablename__ = "verify_emails"
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
-    )
+    id: int | None = Field(default=None, sa_column=_identity())
     username: str = Field(
         sa_column=Column(
             String(100),
@@ -63,3 +80,37 @@ class VerifyEmail(SQLModel, table=True):
     expired_at: datetime | None = Field(
         default=None, sa_column=_timestamp(text("now() + interval '15 minutes'"))
     )
+    # The job that created the row: one row, hence one email, per job (see decision 006).
+    job_id: str | None = Field(default=None, sa_column=Column(String(64), unique=True))
+    sent_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
+
+
+class OutboxTask(SQLModel, table=True):
+    """A task written in the same transaction as the change that calls for it."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, sa_column=_identity())
+    job_id: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    task: str = Field(sa_column=Column(String(100), nullable=False))
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    due_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_timestamp(NOW))
+    dispatched_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
+    completed_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
+
+
+class DeadTask(SQLModel, table=True):
+    """A task that failed for good, kept to be looked at and re-queued."""
+
+    __tablename__ = "dead_tasks"
+
+    id: int | None = Field(default=None, sa_column=_identity())
+    job_id: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    task: str = Field(sa_column=Column(String(100), nullable=False))
+    queue: str = Field(sa_column=Column(String(100), nullable=False))
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    tries: int = Field(sa_column=Column(Integer, nullable=False))
+    last_error: str = Field(sa_column=Column(Text, nullable=False))
+    failed_at: datetime | None = Field(default=None, sa_column=_timestamp(NOW))
+    requeued_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())

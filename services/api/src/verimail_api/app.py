@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from verimail_api import admin
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.middleware import RequestContextMiddleware
 from verimail_api.routes import ROUTES, BodyTooLarge, body_too_large
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.close()
 
     return Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *admin.ROUTES],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={
             BodyTooLarge: body_too_large,

@@ -18,6 +18,7 @@ from verimail_shared.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
     Unavailable,
     VerimailError,
 )
@@ -26,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 # gRPC status codes (google.rpc.Code) and the HTTP status grpc-gateway gives each.
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 3, 5, 6, 9
-UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
 HTTP_STATUS = {
     INVALID_ARGUMENT: 400,
     NOT_FOUND: 404,
@@ -35,6 +36,7 @@ HTTP_STATUS = {
     UNIMPLEMENTED: 501,
     INTERNAL: 500,
     UNAVAILABLE: 503,
+    UNAUTHENTICATED: 401,
 }
 GRPC_CODE: dict[type[VerimailError], int] = {
     InvalidArgument: INVALID_ARGUMENT,
@@ -42,6 +44,7 @@ GRPC_CODE: dict[type[VerimailError], int] = {
     AlreadyExists: ALREADY_EXISTS,
     FailedPrecondition: FAILED_PRECONDITION,
     Unavailable: UNAVAILABLE,
+    Unauthenticated: UNAUTHENTICATED,
 }
 HTTP_TO_GRPC = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 405: UNIMPLEMENTED, 413: INVALID_ARGUMENT}
 
@@ -87,6 +90,10 @@ def error_response(exc: Exception) -> JSONResponse:
             "field_violations": violations,
         }
         return status_response(INVALID_ARGUMENT, str(exc), [detail])
+    if isinstance(exc, Unauthenticated):
+        response = status_response(UNAUTHENTICATED, str(exc))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     if isinstance(exc, VerimailError):
         return status_response(grpc_code(exc), str(exc))
     if is_dependency_error(exc):

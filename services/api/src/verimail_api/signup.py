@@ -16,16 +16,19 @@ from sqlmodel import col
 
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
+from verimail_shared import outbox
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
-from verimail_shared.jobs import SendVerifyEmailPayload, TaskName, TaskPayload
-from verimail_shared.tables import User, VerifyEmail, loaded
+from verimail_shared.jobs import SendVerifyEmailPayload, TaskName
+from verimail_shared.settings import SignupEnqueue
+from verimail_shared.tables import OutboxTask, User, VerifyEmail, loaded
 
 log = structlog.get_logger(__name__)
 
 
 class TaskQueue(Protocol):
-    async def enqueue(self, task: TaskName, payload: TaskPayload) -> str: ...
+    async def enqueue(self, job: OutboxTask) -> None:
+        """Put `job` on its queue; enqueueing the same job id twice adds nothing."""
 
 
 class CodeAlreadyUsed(FailedPrecondition):
@@ -42,10 +45,11 @@ class Signup:
     passwords: Passwords
     queue: TaskQueue
     max_tries: int
+    defer_seconds: float
+    mode: SignupEnqueue = SignupEnqueue.OUTBOX
 
     async def create_user(self, request: CreateUserRequest, request_id: str | None) -> User:
-        """Store the user and enqueue its verification email in one transaction (simplebank's
-        design): if the enqueue fails, the user row is rolled back and the caller may retry."""
+        """Store the user and, in the same transaction, the task that sends its email."""
         hashed = await self.passwords.hash(request.password)
         user = User(
             username=request.username,
@@ -56,15 +60,37 @@ class Signup:
         payload = SendVerifyEmailPayload(
             username=user.username, max_tries=self.max_tries, request_id=request_id
         )
+        job = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, self.defer_seconds)
         try:
             async with transaction(self.sessions) as session:
                 session.add(user)
-                await session.flush()
-                job_id = await self.queue.enqueue(TaskName.SEND_VERIFY_EMAIL, payload)
+                if self.mode is SignupEnqueue.IN_TRANSACTION:
+                    # simplebank: if the enqueue fails the user is rolled back (503), but if the
+                    # commit fails after it, the task is a phantom. Kept to compare against.
+                    await session.flush()
+                    await self.queue.enqueue(job)
+                else:
+                    session.add(job)
+                    await session.flush()
         except IntegrityError as exc:
             raise AlreadyExists(_duplicate_message(exc)) from None
-        log.info("user_created", username=user.username, job_id=job_id)
+        log.info("user_created", username=user.username, job_id=job.job_id)
+        if self.mode is SignupEnqueue.OUTBOX:
+            await self._dispatch(job)
         return user
+
+    async def _dispatch(self, job: OutboxTask) -> None:
+        """Enqueue a committed outbox row now; on any failure the relay does it shortly."""
+        try:
+            await self.queue.enqueue(job)
+            async with transaction(self.sessions) as session:
+                await outbox.mark_dispatched(session, [loaded(job.id)])
+        except Exception as exc:  # the user is committed: nothing here may fail the signup
+            log.warning(
+                "outbox_dispatch_deferred",
+                job_id=job.job_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     async def verify_email(self, email_id: int, secret_code: str) -> None:
         """Use a verification code once: mark it used and the user verified, together."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 
 import structlog
@@ -13,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
 from verimail_api.signup import Signup
-from verimail_shared import db, queue
-from verimail_shared.jobs import TASK_QUEUES, TaskName, TaskPayload
+from verimail_shared import db, outbox, queue
+from verimail_shared.jobs import TASK_QUEUES, TaskName
 from verimail_shared.settings import Settings
+from verimail_shared.tables import OutboxTask
 
 log = structlog.get_logger(__name__)
 
@@ -25,28 +25,23 @@ class ArqTaskQueue:
     """The signup service's TaskQueue, on arq."""
 
     redis: ArqRedis
-    settings: Settings
+    timeout: float
 
-    async def enqueue(self, task: TaskName, payload: TaskPayload) -> str:
-        job_id = uuid.uuid4().hex
-        async with asyncio.timeout(self.settings.dependency_timeout_seconds):
-            await queue.enqueue(
-                self.redis,
-                task,
-                payload,
-                defer_by=self.settings.verify_email_defer_seconds,
-                job_id=job_id,
-            )
-        TASKS_ENQUEUED.labels(task, TASK_QUEUES[task]).inc()
+    async def enqueue(self, job: OutboxTask) -> None:
+        async with asyncio.timeout(self.timeout):
+            fresh = await outbox.enqueue(self.redis, job)
+        queue = TASK_QUEUES[TaskName(job.task)]
+        if fresh:
+            TASKS_ENQUEUED.labels(job.task, queue).inc()
         log.info(
             "task_enqueued",
-            task=task,
-            queue=TASK_QUEUES[task],
-            job_id=job_id,
-            defer_seconds=self.settings.verify_email_defer_seconds,
-            max_tries=payload.max_tries,
+            task=job.task,
+            queue=queue,
+            job_id=job.job_id,
+            due_at=job.due_at.isoformat(),
+            max_tries=job.payload.get("max_tries"),
+            already_queued=not fresh,
         )
-        return job_id
 
 
 @dataclass(frozen=True)
@@ -65,8 +60,10 @@ class State:
         signup = Signup(
             sessions=db.create_sessionmaker(engine),
             passwords=passwords,
-            queue=ArqTaskQueue(redis, settings),
+            queue=ArqTaskQueue(redis, settings.dependency_timeout_seconds),
             max_tries=settings.verify_email_max_tries,
+            defer_seconds=settings.verify_email_defer_seconds,
+            mode=settings.signup_enqueue,
         )
         return cls(settings, engine, redis, passwords, signup)
 

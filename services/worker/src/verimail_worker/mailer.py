@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -65,15 +67,16 @@ def _sender_domain(settings: Settings) -> str:
 
 
 class Mailer:
-    """Sends messages with the configured SMTP server; every call has a timeout."""
+    """SMTP connections to the configured server; every command has a timeout."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    async def send(self, message: EmailMessage) -> None:
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        """A logged-in connection; QUIT when the block ends (an error there changes nothing)."""
         s = self.settings
-        await aiosmtplib.send(
-            message,
+        smtp = aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
             username=s.smtp_username,
@@ -82,3 +85,11 @@ class Mailer:
             start_tls=s.smtp_tls is SmtpTls.STARTTLS,
             timeout=s.smtp_timeout_seconds,
         )
+        await smtp.connect()
+        try:
+            yield smtp
+        finally:
+            try:
+                await smtp.quit()
+            except aiosmtplib.SMTPException:
+                smtp.close()

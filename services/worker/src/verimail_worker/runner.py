@@ -8,6 +8,7 @@ after a backoff while tries remain and the error is transient, or fail for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import structlog
 from arq.worker import Function, Retry, func
 
+from verimail_shared import outbox
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
+from verimail_worker import deadletters
 from verimail_worker.metrics import (
     DURATION,
     FAILED,
@@ -26,12 +29,12 @@ from verimail_worker.metrics import (
     RETRIED,
 )
 from verimail_worker.retry import backoff_seconds, is_permanent
-from verimail_worker.tasks import Deps
+from verimail_worker.tasks import Deps, Job
 from verimail_worker.weighted import current_queue_key
 
 log = structlog.get_logger("verimail_worker.runner")
 
-Handler = Callable[[Deps, Any, str], Awaitable[None]]
+Handler = Callable[[Deps, Any, Job], Awaitable[None]]
 
 # arq's own limit stays out of the way; the payload's max_tries is the one that counts.
 ARQ_MAX_TRIES = 1_000
@@ -47,25 +50,26 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
     async def run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         deps: Deps = ctx["deps"]
         queue = queue_of_key(current_queue_key())
-        job_id: str = ctx["job_id"]
-        job_try: int = ctx["job_try"]
+        job = Job(id=ctx["job_id"], try_=ctx["job_try"])
         labels = (task.value, queue)
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         with structlog.contextvars.bound_contextvars(
-            task=task.value, job_id=job_id, job_try=job_try, queue=queue, request_id=request_id
+            task=task.value, job_id=job.id, job_try=job.try_, queue=queue, request_id=request_id
         ):
             IN_PROGRESS.labels(*labels).inc()
             LATENESS.labels(*labels).observe(max(time.time() - ctx["score"] / 1000, 0))
+            log.info("task_started")
             started = time.perf_counter()
             try:
                 parsed = model.model_validate(payload)
-                if job_try > parsed.max_tries:
+                if job.try_ > parsed.max_tries:
                     # Only after a crashed or killed attempt: arq counted it, we never saw it fail.
                     raise PermanentError(f"max tries ({parsed.max_tries}) exhausted")
                 async with asyncio.timeout(timeout):
-                    await handler(deps, parsed, job_id)
+                    await handler(deps, parsed, job)
+                    await outbox.mark_completed(deps.sessions, job.id)
             except Exception as exc:
-                outcome = handle_failure(deps, task, queue, job_id, job_try, payload, exc)
+                outcome = await handle_failure(deps, task, queue, job, payload, exc)
                 if outcome is exc:
                     raise
                 raise outcome from exc
@@ -83,39 +87,51 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
     )
 
 
-def handle_failure(
-    deps: Deps,
-    task: TaskName,
-    queue: str,
-    job_id: str,
-    job_try: int,
-    payload: Any,
-    exc: Exception,
+async def handle_failure(
+    deps: Deps, task: TaskName, queue: str, job: Job, payload: Any, exc: Exception
 ) -> Exception:
-    """Log a failed attempt and return what arq should see: `Retry`, or the error itself."""
+    """Log a failed attempt and return what arq should see: `Retry`, or the error itself.
+
+    A task that fails for good is stored as a dead letter first; if even that fails
+    (PostgreSQL down), it is retried instead, so that no task is ever dropped.
+    """
+    settings = deps.settings
     max_tries = _max_tries(payload)
-    permanent = is_permanent(exc) or max_tries is None or job_try >= max_tries
-    retry_in = None
-    if not permanent:
-        settings = deps.settings
-        retry_in = backoff_seconds(
-            job_try, settings.retry_backoff_base_seconds, settings.retry_backoff_max_seconds
-        )
+    permanent = is_permanent(exc) or max_tries is None or job.try_ >= max_tries
+    error = f"{type(exc).__name__}: {exc}"
+    retry_in = backoff_seconds(
+        job.try_, settings.retry_backoff_base_seconds, settings.retry_backoff_max_seconds
+    )
     log.error(
         "process task failed",
         task=task.value,
-        job_id=job_id,
-        job_try=job_try,
+        job_id=job.id,
+        job_try=job.try_,
         max_tries=max_tries,
         queue=queue,
         payload=payload,
-        error=f"{type(exc).__name__}: {exc}",
+        error=error,
         permanent=permanent,
-        retry_in_seconds=None if retry_in is None else round(retry_in, 3),
+        retry_in_seconds=None if permanent else round(retry_in, 3),
     )
-    if retry_in is None:
-        FAILED.labels(task.value, queue).inc()
-        return exc
+    if permanent:
+        try:
+            await deadletters.bury(
+                deps.sessions,
+                job_id=job.id,
+                task=task.value,
+                queue=queue,
+                payload=payload,
+                tries=job.try_,
+                error=error,
+            )
+        except Exception as store_exc:
+            log.error("dead_letter_not_stored", error=f"{type(store_exc).__name__}: {store_exc}")
+        else:
+            FAILED.labels(task.value, queue).inc()
+            with contextlib.suppress(Exception):  # only spares the reconciler a look
+                await outbox.mark_completed(deps.sessions, job.id)
+            return exc
     RETRIED.labels(task.value, queue).inc()
     return Retry(defer=retry_in)
 

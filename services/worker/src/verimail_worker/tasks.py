@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from verimail_shared.db import transaction
-from verimail_shared.errors import TransientError
+from verimail_shared.errors import PermanentError, TransientError
 from verimail_shared.jobs import SendVerifyEmailPayload
-from verimail_shared.settings import Settings
+from verimail_shared.settings import Settings, SignupEnqueue
 from verimail_shared.tables import User, VerifyEmail, loaded
 from verimail_worker.mailer import Mailer, VerifyEmailLetter, render
 
@@ -27,37 +30,103 @@ class Deps:
     mailer: Mailer
 
 
+@dataclass(frozen=True)
+class Job:
+    id: str
+    try_: int
+
+
 def new_secret_code() -> str:
     """256 random bits, URL-safe: 43 characters."""
     return secrets.token_urlsafe(32)
 
 
-async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job_id: str) -> None:
-    """Create a single-use code for the user and email them the link that uses it."""
+async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Job) -> None:
+    """Email the user a link with a fresh single-use code, once per job however often it runs.
+
+    The job's `verify_emails` row records that its email went out (`sent_at`). The row is
+    marked in a transaction opened before the message is sent and committed the moment the
+    SMTP server accepts it, so only a crash inside that one round trip can send twice; see
+    docs/decisions/006.
+    """
+    letter = await _prepare(deps, payload, job)
+    if letter is None:
+        return
+    async with deps.mailer.connect() as smtp, transaction(deps.sessions) as session:
+        marked = await session.execute(
+            update(VerifyEmail)
+            .where(
+                col(VerifyEmail.id) == letter.email_id,
+                col(VerifyEmail.sent_at).is_(None),
+                # A later run of this job may have replaced the code; then that run sends.
+                col(VerifyEmail.secret_code) == letter.secret_code,
+            )
+            .values(sent_at=datetime.now(UTC))
+        )
+        if not getattr(marked, "rowcount", 0):
+            log.info("verify_email_skipped", reason="another_run_sends")
+            return
+        await smtp.send_message(render(letter, deps.settings))
+        # Leaving the block commits first, then says QUIT: nothing sits between 250 and COMMIT.
+    log.info("verify_email_sent", email_id=letter.email_id)
+
+
+async def _prepare(
+    deps: Deps, payload: SendVerifyEmailPayload, job: Job
+) -> VerifyEmailLetter | None:
+    """Find or create this job's verify_emails row with a new code; None if nothing to send."""
     now = datetime.now(UTC)
+    code = new_secret_code()  # new on every try: an earlier try's email may never have gone out
+    expires = now + timedelta(minutes=deps.settings.verify_email_ttl_minutes)
     async with transaction(deps.sessions) as session:
         user = await session.get(User, payload.username)
         if user is None:
-            # The signup that enqueued us may not have committed yet.
-            raise TransientError(f"user {payload.username!r} not found")
+            raise _missing_user(deps.settings, payload, job)
+        # One row per job, whoever gets here first; then lock it, so that a second run of the
+        # job waits here until the first has finished, and sees what it did.
+        await session.execute(
+            insert(VerifyEmail)
+            .values(
+                username=user.username,
+                email=user.email,
+                job_id=job.id,
+                secret_code=code,
+                expired_at=expires,
+            )
+            .on_conflict_do_nothing(index_elements=["job_id"])
+        )
+        row = await session.scalar(
+            select(VerifyEmail).where(col(VerifyEmail.job_id) == job.id).with_for_update()
+        )
+        if row is None:
+            raise TransientError(f"verification row of job {job.id} vanished")
+        if row.sent_at is not None:
+            log.info("verify_email_skipped", reason="already_sent", email_id=row.id)
+            return None
         if user.is_email_verified:
             log.info("verify_email_skipped", reason="already_verified")
-            return
-        row = VerifyEmail(
-            username=user.username,
-            email=user.email,
-            secret_code=new_secret_code(),
-            expired_at=now + timedelta(minutes=deps.settings.verify_email_ttl_minutes),
-        )
-        session.add(row)
+            return None
+        row.secret_code = code
+        row.expired_at = expires
         await session.flush()
-    letter = VerifyEmailLetter(
-        to=user.email,
-        full_name=user.full_name,
-        email_id=loaded(row.id),
-        secret_code=row.secret_code,
-        expires_at=loaded(row.expired_at),
-        job_id=job_id,
-    )
-    await deps.mailer.send(render(letter, deps.settings))
-    log.info("verify_email_sent", email_id=row.id)
+        return VerifyEmailLetter(
+            to=user.email,
+            full_name=user.full_name,
+            email_id=loaded(row.id),
+            secret_code=code,
+            expires_at=expires,
+            job_id=job.id,
+        )
+
+
+def _missing_user(settings: Settings, payload: SendVerifyEmailPayload, job: Job) -> Exception:
+    if settings.signup_enqueue is SignupEnqueue.OUTBOX:
+        # Outbox tasks are enqueued only after their user committed: the user is gone.
+        return PermanentError(f"user {payload.username!r} does not exist")
+    if job.try_ >= payload.max_tries:
+        return PermanentError(
+            f"user {payload.username!r} not found after {job.try_} tries: "
+            "its signup transaction never committed"
+        )
+    # Enqueued inside the signup transaction: it may not have committed yet.
+    return TransientError(f"user {payload.username!r} not found (yet)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
 from typing import Any
@@ -9,19 +11,22 @@ from typing import Any
 import structlog
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
+from redis.exceptions import RedisError
 
 from verimail_shared import db
 from verimail_shared.jobs import TaskName, deserialize_job, queue_key, queue_of_key, serialize_job
 from verimail_shared.queue import connect, redis_settings
 from verimail_shared.settings import Settings
-from verimail_worker import metrics
+from verimail_worker import deadletters, metrics
 from verimail_worker.mailer import Mailer
+from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
 from verimail_worker.weighted import WeightedWorker
 
 log = structlog.get_logger(__name__)
-QUEUE_DEPTH_INTERVAL_SECONDS = 5.0
+GAUGE_INTERVAL_SECONDS = 5.0
+REDIS_RETRY_SECONDS = 1.0
 
 
 def health_check_key() -> str:
@@ -30,15 +35,25 @@ def health_check_key() -> str:
 
 
 class VerimailWorker(WeightedWorker):
-    """The weighted worker plus the queue-depth gauge, refreshed with the heartbeat."""
+    """The weighted worker plus the queue gauges, refreshed with the heartbeat."""
 
-    _depth_checked_at = 0.0
+    _gauges_at = 0.0
+
+    async def _poll_iteration(self) -> None:
+        # arq lets a lost Redis connection end the worker; ride the outage out instead. Jobs
+        # whose bookkeeping failed run again once their in-progress key expires.
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("redis_unavailable", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(REDIS_RETRY_SECONDS)
 
     async def heart_beat(self) -> None:
         await super().heart_beat()
-        if time.monotonic() - self._depth_checked_at >= QUEUE_DEPTH_INTERVAL_SECONDS:
-            self._depth_checked_at = time.monotonic()
+        if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_SECONDS:
+            self._gauges_at = time.monotonic()
             await record_queue_depth(self.pool, self.weights)
+            await record_dead_tasks(self.ctx["deps"])
 
 
 async def record_queue_depth(redis: ArqRedis, keys: dict[str, int]) -> None:
@@ -54,16 +69,34 @@ async def record_queue_depth(redis: ArqRedis, keys: dict[str, int]) -> None:
         metrics.QUEUE_DEPTH.labels(queue, "deferred").set(counts[2 * index + 1])
 
 
+async def record_dead_tasks(deps: Deps) -> None:
+    try:
+        counts = await deadletters.count_waiting(deps.sessions)
+    except Exception as exc:  # a gauge is not worth failing the poll loop for
+        log.warning("dead_task_count_failed", error=f"{type(exc).__name__}: {exc}")
+        return
+    for task in TaskName:
+        for queue in deps.settings.worker_queues:
+            metrics.DEAD_TASKS.labels(task.value, queue).set(counts.get((task.value, queue), 0))
+
+
 def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
     """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         engine = db.create_engine(settings)
-        ctx["deps"] = Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        deps = Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        ctx["deps"] = deps
+        ctx["relay"] = asyncio.create_task(run_relay(settings, deps.sessions, ctx["redis"]))
         metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        relay: asyncio.Task[None] | None = ctx.get("relay")
+        if relay is not None:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         deps: Deps | None = ctx.get("deps")
         if deps is not None:
             await deps.engine.dispose()
