@@ -43,6 +43,9 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_exec_entrypoint
 ) -> None:
     steps = instructions(ROOT / "services" / service / "Dockerfile")
     assert sum(keyword == "FROM" for keyword, _ in steps) >= 3  # uv, build, runtime
+    # Pinned images: uv at the version that reads this lockfile, Python at a minor version.
+    assert re.fullmatch(r"ghcr.io/astral-sh/uv:\d+\.\d+\.\d+ AS uv", steps[1][1])
+    assert re.search(r"ARG PYTHON_IMAGE=python:3\.\d+-slim", " ".join(" ".join(s) for s in steps))
     runs = " ".join(args for keyword, args in steps if keyword == "RUN")
     assert f"uv sync --frozen --no-dev --no-editable --package {SERVICES[service]}" in runs
     final = final_stage(steps)
