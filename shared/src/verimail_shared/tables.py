@@ -72,7 +72,7 @@ class VerifyEmail(SQLModel, table=True):
         )
     )
     email: str = Field(sa_column=Column(String(200), nullable=False))
-    secret_code: str = Field(nullable=False)
+    secret_code_hash: str = Field(nullable=False)  # SHA-256 of the code; the code is never stored
     is_used: bool = Field(
         default=False, nullable=False, sa_column_kwargs={"server_default": text("false")}
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -17,6 +16,7 @@ from sqlmodel import col
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
 from verimail_shared import outbox
+from verimail_shared.codes import code_matches
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from verimail_shared.jobs import SendVerifyEmailPayload, TaskName
@@ -97,9 +97,7 @@ class Signup:
         now = datetime.now(UTC)
         async with transaction(self.sessions) as session:
             row = await session.get(VerifyEmail, email_id, with_for_update=True)
-            if row is None or not hmac.compare_digest(
-                row.secret_code.encode(), secret_code.encode()
-            ):
+            if row is None or not code_matches(row.secret_code_hash, secret_code):
                 raise NotFound("verification not found")
             if row.is_used:
                 raise CodeAlreadyUsed("verification code already used")

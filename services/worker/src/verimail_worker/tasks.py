@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from verimail_shared.codes import hash_code, new_code
 from verimail_shared.db import transaction
 from verimail_shared.errors import PermanentError, TransientError
 from verimail_shared.jobs import SendVerifyEmailPayload
@@ -36,11 +36,6 @@ class Job:
     try_: int
 
 
-def new_secret_code() -> str:
-    """256 random bits, URL-safe: 43 characters."""
-    return secrets.token_urlsafe(32)
-
-
 async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Job) -> None:
     """Email the user a link with a fresh single-use code, once per job however often it runs.
 
@@ -59,7 +54,7 @@ async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Jo
                 col(VerifyEmail.id) == letter.email_id,
                 col(VerifyEmail.sent_at).is_(None),
                 # A later run of this job may have replaced the code; then that run sends.
-                col(VerifyEmail.secret_code) == letter.secret_code,
+                col(VerifyEmail.secret_code_hash) == hash_code(letter.secret_code),
             )
             .values(sent_at=datetime.now(UTC))
         )
@@ -76,7 +71,7 @@ async def _prepare(
 ) -> VerifyEmailLetter | None:
     """Find or create this job's verify_emails row with a new code; None if nothing to send."""
     now = datetime.now(UTC)
-    code = new_secret_code()  # new on every try: an earlier try's email may never have gone out
+    code = new_code()  # new on every try: an earlier try's email may never have gone out
     expires = now + timedelta(minutes=deps.settings.verify_email_ttl_minutes)
     async with transaction(deps.sessions) as session:
         user = await session.get(User, payload.username)
@@ -90,7 +85,7 @@ async def _prepare(
                 username=user.username,
                 email=user.email,
                 job_id=job.id,
-                secret_code=code,
+                secret_code_hash=hash_code(code),
                 expired_at=expires,
             )
             .on_conflict_do_nothing(index_elements=["job_id"])
@@ -106,7 +101,7 @@ async def _prepare(
         if user.is_email_verified:
             log.info("verify_email_skipped", reason="already_verified")
             return None
-        row.secret_code = code
+        row.secret_code_hash = hash_code(code)
         row.expired_at = expires
         await session.flush()
         return VerifyEmailLetter(
