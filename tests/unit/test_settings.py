@@ -49,6 +49,38 @@ def test_secrets_are_masked_when_printed() -> None:
     assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)
 
 
+def test_sentinels_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "s1:26379, 10.0.0.2:26380,s3")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "verimail")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_sentinels == [("s1", 26379), ("10.0.0.2", 26380), ("s3", 26379)]
+    assert settings.redis_sentinel_master == "verimail"
+
+
+def test_without_sentinels_redis_url_is_used_directly() -> None:
+    from verimail_shared.queue import redis_settings
+
+    settings = Settings(_env_file=None, redis_url="redis://:pw@h:6380/3")  # type: ignore[call-arg]
+    assert settings.redis_sentinels == []
+    arq = redis_settings(settings)
+    assert (arq.host, arq.port, arq.database, arq.sentinel) == ("h", 6380, 3, False)
+
+
+def test_with_sentinels_arq_asks_them_and_keeps_database_and_password() -> None:
+    from verimail_shared.queue import redis_settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_url="redis://:pw@ignored/2",
+        redis_sentinels="a:1,b:2",
+        redis_sentinel_master="verimail",
+    )
+    arq = redis_settings(settings)
+    assert arq.sentinel and arq.sentinel_master == "verimail"
+    assert arq.host == [("a", 1), ("b", 2)]
+    assert (arq.database, arq.password) == (2, "pw")
+
+
 def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
     from verimail_worker.worker import create_worker
 
