@@ -194,14 +194,23 @@ async def test_prometheus_scrapes_the_tasks_of_real_signups(
             api_metrics = (await client.get("/metrics")).text
             worker_metrics = (await client.get(f"http://127.0.0.1:{ports['worker']}/metrics")).text
 
-        def processed() -> bool:
-            answer = prometheus.query("sum(verimail_worker_tasks_processed_total)")
-            result = answer["data"]["result"]
+        def counted(expression: str) -> bool:
+            result = prometheus.query(expression)["data"]["result"]
             return bool(result) and float(result[0]["value"][1]) == signups
 
-        await eventually(processed, timeout=30, interval=0.2, message="prometheus saw no tasks")
-        enqueued = prometheus.query("sum(verimail_api_tasks_enqueued_total)")["data"]["result"]
-        assert float(enqueued[0]["value"][1]) == signups
+        # The API and the worker are scraped on their own schedules: wait for each.
+        await eventually(
+            lambda: counted("sum(verimail_worker_tasks_processed_total)"),
+            timeout=30,
+            interval=0.2,
+            message="prometheus saw no tasks",
+        )
+        await eventually(
+            lambda: counted("sum(verimail_api_tasks_enqueued_total)"),
+            timeout=30,
+            interval=0.2,
+            message="prometheus saw no enqueues",
+        )
         up = prometheus.query("up")["data"]["result"]
         assert {r["metric"]["job"]: r["value"][1] for r in up} == {
             "verimail-api": "1",
