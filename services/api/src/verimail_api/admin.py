@@ -78,6 +78,8 @@ async def retry_dead_task(request: Request) -> Response:
     """Enqueue a dead task again under its job id, with a fresh count of tries."""
     state = authorize(request)
     dead_id = request.path_params["id"]
+    if not 0 < dead_id < 2**63:  # beyond bigint: no such row, and no query to make
+        raise NotFound(f"dead task {dead_id} not found")
     async with transaction(state.signup.sessions) as session:
         row = await session.get(DeadTask, dead_id, with_for_update=True)
         if row is None:

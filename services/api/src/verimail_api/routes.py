@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
+from verimail_api.openapi import openapi
 from verimail_api.pages import verify_page, wants_html
 from verimail_api.schemas import (
     CreateUserRequest,
@@ -147,6 +148,7 @@ def routes(settings: Settings) -> list[Route]:
         Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if settings.api_metrics_port is None:  # else served on its own port by `verimail-api`
         result.append(Route("/metrics", metrics, methods=["GET"]))
