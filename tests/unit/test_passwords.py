@@ -52,3 +52,11 @@ async def test_a_changed_parameter_rehashes_at_the_next_successful_check() -> No
 def test_parameters_below_owasp_are_refused() -> None:
     with pytest.raises(ValueError, match="argon2"):
         settings(argon2_memory_kib=4096)
+
+
+async def test_passwords_are_compared_after_unicode_normalisation() -> None:
+    passwords = Passwords(settings())
+    composed, decomposed = "caf\u00e9 horse battery", "cafe\u0301 horse battery"
+    hashed = await passwords.hash(composed)
+    assert await passwords.verify(hashed, decomposed) == (True, None)
+    passwords.close()

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from verimail_shared.settings import Settings
+
+
+def normalize(password: str) -> str:
+    """NFKC, as NIST SP 800-63B 5.1.1.2 advises: the same password typed on another keyboard
+    or system is the same password."""
+    return unicodedata.normalize("NFKC", password)
 
 
 class Passwords:
@@ -28,7 +35,7 @@ class Passwords:
 
     async def hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._hasher.hash, password)
+        return await loop.run_in_executor(self._pool, self._hasher.hash, normalize(password))
 
     async def verify(self, hashed: str, password: str) -> tuple[bool, str | None]:
         """Whether `password` matches; and a new hash when the parameters have changed since
@@ -37,6 +44,7 @@ class Passwords:
         return await loop.run_in_executor(self._pool, self._verify, hashed, password)
 
     def _verify(self, hashed: str, password: str) -> tuple[bool, str | None]:
+        password = normalize(password)
         try:
             self._hasher.verify(hashed, password)
         except (VerificationError, InvalidHashError):
