@@ -87,3 +87,10 @@ def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
     worker = create_worker(Settings(_env_file=None), handle_signals=False)  # type: ignore[call-arg]
     # arq lets another worker take the job once its in-progress key expires.
     assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60  # type: ignore[call-arg]
+
+
+def test_database_errors_do_not_quote_their_parameters() -> None:
+    from verimail_shared.db import create_engine
+
+    engine = create_engine(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert engine.hide_parameters
