@@ -93,4 +93,4 @@ def test_database_errors_do_not_quote_their_parameters() -> None:
     from verimail_shared.db import create_engine
 
     engine = create_engine(Settings(_env_file=None))  # type: ignore[call-arg]
-    assert engine.hide_parameters
+    assert engine.sync_engine.hide_parameters
