@@ -8,7 +8,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker chaos up down logs clean
+.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker bench chaos up down logs clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,10 @@ api: install ## Run the API alone (uses DATABASE_URL, REDIS_URL)
 
 worker: install ## Run one worker alone (uses DATABASE_URL, REDIS_URL, SMTP_*)
 	$(UV) run --frozen verimail-worker
+
+bench: install ## Queue benchmarks against bare arq (throughput, deferred-task lateness)
+	$(UV) run --frozen python bench/throughput.py throughput --count $(or $(COUNT),20000) --runs $(or $(RUNS),3)
+	$(UV) run --frozen python bench/lateness.py --count 2000 --rate 200
 
 chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
 	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
