@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import prometheus_client
 from sqlalchemy import text
@@ -13,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from verimail_api.errors import error_response
+from verimail_api import openapi
+from verimail_api.bodies import read_json
 from verimail_api.middleware import current_request_id
 from verimail_api.pages import verify_page, wants_html
 from verimail_api.schemas import (
@@ -24,11 +23,7 @@ from verimail_api.schemas import (
     user_body,
 )
 from verimail_api.state import State
-from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
-
-
-class BodyTooLarge(InvalidArgument):
-    pass
+from verimail_shared.errors import InvalidArgument, NotFound, VerimailError
 
 
 async def create_user(request: Request) -> Response:
@@ -68,6 +63,10 @@ async def verify_email(request: Request) -> Response:
     return verify_page(None) if html else JSONResponse({"is_verified": True})
 
 
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(openapi.document())
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -100,33 +99,12 @@ async def _ping_postgres(state: State) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, whatever its content type (grpc-gateway does not insist either)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
-    try:
-        return json.loads(chunks)
-    except (ValueError, RecursionError):
-        raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
-
-
-def body_too_large(request: Request, exc: Exception) -> Response:
-    response = error_response(exc)
-    response.status_code = 413
-    return response
-
-
 ROUTES = [
     Route("/v1/create_user", create_user, methods=["POST"]),
     Route("/v1/verify_email", verify_email, methods=["GET"]),
     Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
 ]
+METRICS_ROUTE = Route("/metrics", metrics, methods=["GET"])

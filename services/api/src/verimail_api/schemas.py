@@ -14,6 +14,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from verimail_api.passwords import is_common
 from verimail_shared.errors import FieldViolation, InvalidArgument
 from verimail_shared.tables import User, loaded
 
@@ -49,8 +50,11 @@ def check_email(value: str) -> str:
 
 
 def check_password(value: str) -> str:
-    # NIST SP 800-63B 5.1.1.2: length limits only, no composition rules.
-    return check_length(value, 8, 64)
+    # NIST SP 800-63B 5.1.1.2: length limits and a blocklist, no composition rules.
+    check_length(value, 8, 64)
+    if is_common(value):
+        raise ValueError("is too common: it is one of the 10,000 most used passwords")
+    return value
 
 
 def check_secret_code(value: str) -> str:
