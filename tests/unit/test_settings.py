@@ -55,3 +55,17 @@ def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
     worker = create_worker(Settings(_env_file=None), handle_signals=False)  # type: ignore[call-arg]
     # arq lets another worker take the job once its in-progress key expires.
     assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60  # type: ignore[call-arg]
+
+
+def test_printed_settings_mask_every_secret() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url="postgresql://verimail:db-Secret-1@db:5432/verimail",
+        redis_url="redis://:redis-Secret-2@redis:6379/0",
+        smtp_password="smtp-Secret-3",  # type: ignore[arg-type]
+        admin_token="admin-Secret-4",  # type: ignore[arg-type]
+    )
+    for text in (str(settings), repr(settings)):
+        assert "Secret-" not in text
+        assert "postgresql://verimail:***@db:5432/verimail" in text
+    assert settings.database_url.endswith("db-Secret-1@db:5432/verimail")  # still usable
