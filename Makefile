@@ -8,10 +8,16 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint fmt typecheck pytest migrate api worker chaos clean
+.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker chaos up down logs clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Real servers the deploy tests run: Prometheus and promtool, Redis and Redis Sentinel.
+DEBIAN_TOOLS := prometheus promtool redis-server redis-sentinel
+DEBIAN_PACKAGES := prometheus redis-server redis-sentinel
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+COMPOSE ?= docker compose
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -23,7 +29,16 @@ install: $(UV) ## Install all three packages and the dev tools into .venv (from 
 run: install ## Start the whole system: embedded PostgreSQL, Redis, SMTP sink, API, one worker
 	$(UV) run --frozen verimail-dev run
 
-test: install lint typecheck pytest ## Lint, type-check and run every test
+tools: ## Install Debian's prometheus, promtool, redis-server, redis-sentinel if missing (tests need them)
+	@missing="$(strip $(foreach tool,$(DEBIAN_TOOLS),$(if $(shell command -v $(tool) 2>/dev/null),,$(tool))))"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "missing $$missing and no apt-get: install $(DEBIAN_PACKAGES) yourself" >&2; exit 1; fi; \
+	echo "installing $(DEBIAN_PACKAGES) for: $$missing"; \
+	$(SUDO) apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
+
+test: install tools lint typecheck pytest ## Lint, type-check and run every test
 
 lint: install ## ruff lint and format check
 	$(UV) run --frozen ruff check .
@@ -36,7 +51,7 @@ fmt: install ## Format and autofix with ruff
 typecheck: install ## mypy --strict on the three packages
 	$(UV) run --frozen mypy $(PACKAGES)
 
-pytest: install ## Run the tests only (PYTEST_ARGS=... to pass options)
+pytest: install tools ## Run the tests only (PYTEST_ARGS=... to pass options)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 migrate: install ## Apply database migrations to DATABASE_URL
@@ -50,6 +65,15 @@ worker: install ## Run one worker alone (uses DATABASE_URL, REDIS_URL, SMTP_*)
 
 chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
 	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
+
+up: ## docker compose: build and start the whole system (API :8000, Mailpit :8025, Grafana :3000)
+	$(COMPOSE) up --build --detach
+
+down: ## docker compose: stop and remove the containers (volumes stay; add -v by hand to drop them)
+	$(COMPOSE) down
+
+logs: ## docker compose: follow the logs of every service
+	$(COMPOSE) logs --follow
 
 clean: ## Remove .data/ (embedded databases, queued tasks, kept mail) and caches
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Verimail's own commands as real subprocesses, with their JSON logs kept for assertions."""
+"""Verimail's own commands and other servers as real subprocesses, with their logs kept."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ class Service:
             [command(name), *args], env=env, stdout=self._file, stderr=subprocess.STDOUT
         )
 
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
     def lines(self) -> list[dict[str, Any]]:
         return [
             json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")
@@ -40,3 +44,28 @@ class Service:
 
     def kill(self) -> int:
         return self.stop(signal.SIGKILL)
+
+
+class Process:
+    """Any other server (redis-server, redis-sentinel, prometheus), its output in a log file."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.process = subprocess.Popen(
+            argv, stdout=self._file, stderr=subprocess.STDOUT, cwd=log.parent
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._file.close()

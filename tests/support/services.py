@@ -33,12 +33,17 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
     try:
         yield worker
     finally:
-        # Drain like a SIGTERM would: no new jobs, let running ones finish, then close.
+        # Drain like a SIGTERM would: no new jobs, let running ones finish, then close. A poll
+        # that was under way when picking stopped may still start a job: wait out one more.
         worker.allow_pick_jobs = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*worker.tasks.values(), return_exceptions=True), 10
-            )
+        deadline = asyncio.get_running_loop().time() + 10
+        while asyncio.get_running_loop().time() < deadline:
+            running = [task for task in worker.tasks.values() if not task.done()]
+            if not running:
+                await asyncio.sleep(worker.poll_delay_s * 2)
+                if all(task.done() for task in worker.tasks.values()):
+                    break
+            await asyncio.gather(*running, return_exceptions=True)
         await worker.close()
         with contextlib.suppress(asyncio.CancelledError):
             await main

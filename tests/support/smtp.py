@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from typing import cast
+from typing import Any, cast
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from verimail_shared.embedded import free_port, verification_link
 
@@ -47,10 +47,17 @@ class Inbox:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    def __init__(self, require_auth: bool = False) -> None:
         self.port = free_port()
         self.inbox = Inbox()
-        self._controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        auth: dict[str, Any] = {}
+        if require_auth:  # any login is accepted; the test is about where the password goes
+            auth = {
+                "auth_require_tls": False,
+                "auth_required": True,
+                "authenticator": lambda *_: AuthResult(success=True),
+            }
+        self._controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **auth)
 
     @property
     def messages(self) -> list[EmailMessage]:

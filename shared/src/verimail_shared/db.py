@@ -39,8 +39,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         async_url(settings.database_url),
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,  # a restarted PostgreSQL leaves dead connections in the pool
-        # SQL parameters (password hashes, code hashes) stay out of error messages and logs.
-        hide_parameters=True,
+        hide_parameters=True,  # error messages would otherwise quote password hashes
         pool_timeout=timeout,
         connect_args={"timeout": timeout, "command_timeout": timeout},
     )

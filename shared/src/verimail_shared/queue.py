@@ -10,6 +10,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, result_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from verimail_shared.jobs import (
     TASK_QUEUES,
@@ -25,6 +26,11 @@ from verimail_shared.settings import Settings
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings, for the worker (which pings and retries at start-up)."""
     result = RedisSettings.from_dsn(settings.redis_url)
+    if settings.redis_sentinels:
+        # arq asks the sentinels for the master; REDIS_URL still gives database and password.
+        result.host = list(settings.redis_sentinels)
+        result.sentinel = True
+        result.sentinel_master = settings.redis_sentinel_master
     result.conn_timeout = int(max(settings.dependency_timeout_seconds, 1))
     result.conn_retries = 30
     return result
@@ -32,11 +38,35 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 def connect(settings: Settings) -> ArqRedis:
     """A lazily connecting client: a process may start while Redis is down."""
+    pool = _sentinel_pool(settings) if settings.redis_sentinels else _direct_pool(settings)
+    return ArqRedis(pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+
+
+def _direct_pool(settings: Settings) -> ConnectionPool:
     timeout = settings.dependency_timeout_seconds
-    pool = ConnectionPool.from_url(
+    return ConnectionPool.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
-    return ArqRedis(pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+
+
+def _sentinel_pool(settings: Settings) -> SentinelConnectionPool:
+    """Connections to whichever server the sentinels name master, asked again on each reconnect."""
+    timeout = settings.dependency_timeout_seconds
+    url = RedisSettings.from_dsn(settings.redis_url)
+    # redis-py's sentinel classes carry no type hints.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.redis_sentinels,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master,
+        sentinel,
+        db=url.database,
+        username=url.username,
+        password=url.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
 
 
 async def enqueue(

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/verimail"
     database_pool_size: int = Field(default=10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # With sentinels set, the master's address comes from them; REDIS_URL still gives the
+    # database number and the password.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
     dependency_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Logging
@@ -105,6 +109,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _parse_sentinels(cls, value: object) -> object:
+        """Accept `host:port,host:port` (port 26379 when left out)."""
+        if not isinstance(value, str):
+            return value
+        sentinels: list[tuple[str, int]] = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+            sentinels.append((host.strip("[]"), int(port or 26379)))
+        return sentinels
 
     @field_validator("worker_queues", mode="before")
     @classmethod

@@ -17,16 +17,14 @@ def main() -> None:
     parser.parse_args()
     settings = get_settings()
     configure_logging(settings)
-    if settings.api_metrics_port:
-        # Metrics on their own address, reachable by Prometheus but not by the public.
+    if settings.api_metrics_port is not None:
         prometheus_client.start_http_server(settings.api_metrics_port, settings.api_metrics_host)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,  # keep the structlog configuration
-        proxy_headers=False,  # X-Forwarded-For is read only from TRUSTED_PROXIES (ratelimit.py)
-        server_header=False,  # no product name in responses (ASVS 14.3.3)
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 

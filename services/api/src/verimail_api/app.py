@@ -12,14 +12,29 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from verimail_api import admin
-from verimail_api.bodies import BodyError, handle_body_error
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
+from verimail_api.headers import SecurityHeadersMiddleware
 from verimail_api.middleware import RequestContextMiddleware
-from verimail_api.routes import METRICS_ROUTE, ROUTES
-from verimail_api.security import SecurityHeadersMiddleware
+from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
 from verimail_shared.settings import Settings, get_settings
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    stack = [Middleware(RequestContextMiddleware), Middleware(SecurityHeadersMiddleware)]
+    if settings.cors_origins:  # off unless asked for: the API serves no browser app itself
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
+                max_age=600,
+            )
+        )
+    return stack
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -34,13 +49,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await state.close()
 
-    # With API_METRICS_PORT set, /metrics is served there (__main__) and not beside the API.
-    metrics = [] if settings.api_metrics_port else [METRICS_ROUTE]
     return Starlette(
-        routes=[*ROUTES, *metrics, *admin.ROUTES],
+        routes=[*routes(settings), *admin.ROUTES],
         middleware=middleware(settings),
         exception_handlers={
-            BodyError: handle_body_error,
+            BodyTooLarge: body_error,
+            UnsupportedMediaType: body_error,
             HTTPException: handle_http_exception,
             VerimailError: handle_exception,
             DBAPIError: handle_exception,
@@ -50,25 +64,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
-
-
-def middleware(settings: Settings) -> list[Middleware]:
-    """Outermost first: security headers wrap everything, CORS only when origins are set."""
-    stack = [
-        Middleware(
-            SecurityHeadersMiddleware, https=settings.public_base_url.startswith("https://")
-        ),
-        Middleware(RequestContextMiddleware),
-    ]
-    if settings.cors_origins:
-        stack.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
-                expose_headers=["X-Request-ID", "Retry-After"],
-                max_age=600,
-            )
-        )
-    return stack

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import prometheus_client
-import structlog
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from verimail_api import openapi
-from verimail_api.bodies import read_json
+from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
+from verimail_api.openapi import openapi
 from verimail_api.pages import verify_page, wants_html
 from verimail_api.schemas import (
     CreateUserRequest,
@@ -24,9 +25,24 @@ from verimail_api.schemas import (
     user_body,
 )
 from verimail_api.state import State
-from verimail_shared.errors import InvalidArgument, NotFound, VerimailError
+from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
+from verimail_shared.settings import Settings
 
-log = structlog.get_logger(__name__)
+
+class BodyTooLarge(InvalidArgument):
+    """413: the body is larger than MAX_BODY_BYTES."""
+
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """415: the body is declared as something that is not JSON."""
+
+    http_status = 415
+
+
+# JSON, and what clients of grpc-gateway send JSON as: nothing, or curl -d's form type.
+JSON_TYPES = {"", "application/json", "application/x-www-form-urlencoded"}
 
 
 async def create_user(request: Request) -> Response:
@@ -44,16 +60,8 @@ async def resend_verify_email(request: Request) -> Response:
     await state.limits.hit("resend_ip", state.limits.client(request))
     body = parse(ResendVerifyEmailRequest, await read_json(request, state.settings.max_body_bytes))
     await state.limits.hit("resend_email", body.email.lower())
-    # Looked up only after answering: the answer's timing cannot tell who has an account.
-    return JSONResponse({}, background=BackgroundTask(_resend, state, body.email))
-
-
-async def _resend(state: State, email: str) -> None:
-    try:
-        job = await state.signup.resend_verify_email(email, current_request_id())
-        await state.signup.dispatch(job)
-    except Exception as exc:  # answered already; the user can ask again
-        log.warning("verify_email_resend_failed", error=f"{type(exc).__name__}: {exc}")
+    job = await state.signup.resend_verify_email(body.email, current_request_id())
+    return JSONResponse({}, background=BackgroundTask(state.signup.dispatch, job))
 
 
 async def verify_email(request: Request) -> Response:
@@ -72,10 +80,6 @@ async def verify_email(request: Request) -> Response:
             raise
         return verify_page(exc)
     return verify_page(None) if html else JSONResponse({"is_verified": True})
-
-
-async def openapi_json(request: Request) -> Response:
-    return JSONResponse(openapi.document())
 
 
 async def healthz(request: Request) -> Response:
@@ -110,12 +114,42 @@ async def _ping_postgres(state: State) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-ROUTES = [
-    Route("/v1/create_user", create_user, methods=["POST"]),
-    Route("/v1/verify_email", verify_email, methods=["GET"]),
-    Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/openapi.json", openapi_json, methods=["GET"]),
-]
-METRICS_ROUTE = Route("/metrics", metrics, methods=["GET"])
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON. Like grpc-gateway, a missing content type or curl's default form type
+    is read as JSON too (decision 020); any other non-JSON type is refused with 415."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+        raise UnsupportedMediaType([FieldViolation("content-type", "must be application/json")])
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
+    try:
+        return json.loads(chunks)
+    except (ValueError, RecursionError):
+        raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
+
+
+def body_error(request: Request, exc: Exception) -> Response:
+    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
+    response = error_response(exc)
+    response.status_code = getattr(exc, "http_status", 400)
+    return response
+
+
+def routes(settings: Settings) -> list[Route]:
+    result = [
+        Route("/v1/create_user", create_user, methods=["POST"]),
+        Route("/v1/verify_email", verify_email, methods=["GET"]),
+        Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    if settings.api_metrics_port is None:  # else served on its own port by `verimail-api`
+        result.append(Route("/metrics", metrics, methods=["GET"]))
+    return result

@@ -1,0 +1,139 @@
+"""Secrets never leave: a full signup and verification at DEBUG, then every log line, every
+/metrics output, every Redis key and value and every error body is searched for them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from tests.support.polling import eventually
+from tests.support.processes import Service
+from tests.support.services import database, fetch_value
+from tests.support.smtp import SmtpServer
+from tests.support.users import new_user
+from verimail_shared.embedded import free_port, wait_for_port
+from verimail_shared.settings import Settings
+
+SMTP_PASSWORD = "smtp-Pa55word-never-logged"
+ADMIN_TOKEN = "admin-T0ken-never-logged-0123456789"
+
+
+@pytest.fixture
+async def auth_smtp() -> AsyncIterator[SmtpServer]:
+    server = SmtpServer(require_auth=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def redis_dump(redis: ArqRedis) -> str:
+    """Every key and every value in the database, as text."""
+    parts = []
+    async for key in redis.scan_iter(count=1000):
+        kind = (await redis.type(key)).decode()
+        parts.append(key.decode(errors="replace"))
+        if kind == "string":
+            value = await redis.get(key)
+            parts.append(value.decode(errors="replace") if value else "")
+        elif kind == "zset":
+            parts += [m.decode(errors="replace") for m in await redis.zrange(key, 0, -1)]
+        elif kind == "hash":
+            parts += [f"{k!r}{v!r}" for k, v in (await redis.hgetall(key)).items()]
+        elif kind == "list":
+            parts += [m.decode(errors="replace") for m in await redis.lrange(key, 0, -1)]
+    return "\n".join(parts)
+
+
+async def test_no_secret_reaches_a_log_a_metric_redis_or_an_error_body(
+    settings: Settings, redis: ArqRedis, auth_smtp: SmtpServer, tmp_path: Path
+) -> None:
+    api_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(auth_smtp.port),
+        "SMTP_USERNAME": "mailer",
+        "SMTP_PASSWORD": SMTP_PASSWORD,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "API_PORT": str(api_port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
+        "WORKER_METRICS_PORT": str(metrics_port),
+        "WORKER_POLL_DELAY_SECONDS": "0.05",
+        "VERIFY_EMAIL_DEFER_SECONDS": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "DEBUG",
+    }
+    api = Service("verimail-api", env, tmp_path / "api.log")
+    worker = Service("verimail-worker", env, tmp_path / "worker.log")
+    body = new_user()
+    bodies: list[str] = []
+    try:
+        wait_for_port(api_port, 30)
+        wait_for_port(metrics_port, 30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
+            assert (await client.post("/v1/create_user", json=body)).status_code == 200
+            await eventually(lambda: auth_smtp.to(body["email"]), timeout=30)
+            link = auth_smtp.link_to(body["email"])
+            code = link.rsplit("secret_code=", 1)[1]
+            assert (await client.get(link)).json() == {"is_verified": True}
+            # Error bodies, each sent with a secret in the request.
+            failing = [
+                await client.post("/v1/create_user", json=body),  # 409
+                await client.post("/v1/create_user", json={**body, "username": "X"}),  # 400
+                await client.get(link),  # used
+                await client.get(link.replace("email_id=", "email_id=9")),  # not found
+                await client.get("/v1/admin/queues", headers={"Authorization": "Bearer nope"}),
+                await client.get(
+                    "/v1/admin/queues", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"}
+                ),
+            ]
+            assert all(400 <= r.status_code < 500 for r in failing)
+            bodies += [r.text for r in failing]
+            metrics = [
+                (await client.get("/metrics")).text,
+                (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text,
+            ]
+        dump = await redis_dump(redis)
+    finally:
+        api.stop()
+        worker.stop()
+    async with database(settings) as engine:
+        password_hash = await fetch_value(
+            engine, "SELECT hashed_password FROM users WHERE username = :u", u=body["username"]
+        )
+        stored_code = await fetch_value(
+            engine,
+            "SELECT secret_code_hash FROM verify_emails WHERE username = :u",
+            u=body["username"],
+        )
+
+    logs = api.log.read_text() + worker.log.read_text()
+    assert '"level": "debug"' in logs  # DEBUG really was on
+    assert stored_code != code  # the database holds only the code's hash
+    secrets = {
+        "password": body["password"],
+        "password hash": password_hash,
+        "verification code": code,
+        "SMTP password": SMTP_PASSWORD,
+        "admin token": ADMIN_TOKEN,
+    }
+    places = {
+        "logs": logs,
+        "metrics": "\n".join(metrics),
+        "redis": dump,
+        "error bodies": "\n".join(bodies),
+    }
+    leaks = [
+        (secret, place)
+        for secret, value in secrets.items()
+        for place, text in places.items()
+        if value in text
+    ]
+    assert leaks == []
