@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from tests.support.polling import eventually
-from tests.support.processes import Service
+from tests.support.processes import Service, system_env
 from tests.support.services import database, fetch_value
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
@@ -53,23 +52,16 @@ async def test_no_secret_reaches_a_log_a_metric_redis_or_an_error_body(
     settings: Settings, redis: ArqRedis, auth_smtp: SmtpServer, tmp_path: Path
 ) -> None:
     api_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(auth_smtp.port),
-        "SMTP_USERNAME": "mailer",
-        "SMTP_PASSWORD": SMTP_PASSWORD,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "API_PORT": str(api_port),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
-        "WORKER_METRICS_PORT": str(metrics_port),
-        "WORKER_POLL_DELAY_SECONDS": "0.05",
-        "VERIFY_EMAIL_DEFER_SECONDS": "0",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "DEBUG",
-    }
+    env = system_env(
+        settings,
+        api_port,
+        metrics_port,
+        SMTP_PORT=str(auth_smtp.port),
+        SMTP_USERNAME="mailer",
+        SMTP_PASSWORD=SMTP_PASSWORD,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        LOG_LEVEL="DEBUG",
+    )
     api = Service("verimail-api", env, tmp_path / "api.log")
     worker = Service("verimail-worker", env, tmp_path / "worker.log")
     body = new_user()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.polling import eventually
-from tests.support.processes import Service, command
+from tests.support.processes import Service, command, system_env
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared.embedded import free_port, wait_for_port
@@ -24,20 +23,7 @@ from verimail_shared.settings import Settings
 @pytest.fixture
 def system(settings: Settings, redis: ArqRedis, tmp_path: Path) -> Iterator[dict[str, object]]:
     api_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "SMTP_HOST": settings.smtp_host,
-        "SMTP_PORT": str(settings.smtp_port),
-        "API_PORT": str(api_port),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
-        "WORKER_METRICS_PORT": str(metrics_port),
-        "WORKER_POLL_DELAY_SECONDS": "0.05",
-        "VERIFY_EMAIL_DEFER_SECONDS": "0",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-    }
+    env = system_env(settings, api_port, metrics_port)
     api = Service("verimail-api", env, tmp_path / "api.log")
     worker = Service("verimail-worker", env, tmp_path / "worker.log")
     wait_for_port(api_port, 30)

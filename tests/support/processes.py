@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from verimail_shared.settings import Settings
 
 
 def command(name: str) -> str:
@@ -69,3 +72,24 @@ class Process:
             return self.process.wait(timeout)
         finally:
             self._file.close()
+
+
+def system_env(
+    settings: Settings, api_port: int, metrics_port: int, **extra: str
+) -> dict[str, str]:
+    """The environment for `verimail-api` and `verimail-worker` against the test servers."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SMTP_HOST": settings.smtp_host,
+        "SMTP_PORT": str(settings.smtp_port),
+        "API_PORT": str(api_port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
+        "WORKER_METRICS_PORT": str(metrics_port),
+        "WORKER_POLL_DELAY_SECONDS": "0.05",
+        "VERIFY_EMAIL_DEFER_SECONDS": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }

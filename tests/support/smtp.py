@@ -24,6 +24,8 @@ class Inbox:
     data_reply: str | None = None  # e.g. "421 try again later" for every DATA
     refuse: dict[str, str] = field(default_factory=dict)  # recipient -> "550 no such user"
     rcpt_delay: float = 0.0  # a slow server: before any message is taken, never after
+    hold: bool = False  # park every new RCPT until released
+    parked: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -31,6 +33,13 @@ class Inbox:
     ) -> str:
         if self.rcpt_delay:
             await asyncio.sleep(self.rcpt_delay)
+        if self.hold:
+            with self.lock:
+                self.parked += 1
+            while self.hold:
+                await asyncio.sleep(0.01)
+            with self.lock:
+                self.parked -= 1
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)

@@ -19,6 +19,8 @@ class Queue(StrEnum):
 
 
 QUEUE_KEY_PREFIX = "arq:queue:"
+# Enqueuers publish the queue's name here; idle workers wake at once (decision 008).
+WAKEUP_CHANNEL = "verimail:wakeup"
 
 
 def queue_key(queue: str) -> str:

@@ -14,6 +14,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from verimail_shared.jobs import (
     TASK_QUEUES,
+    WAKEUP_CHANNEL,
     TaskName,
     TaskPayload,
     deserialize_job,
@@ -88,6 +89,8 @@ async def enqueue(
         _defer_by=timedelta(seconds=defer_by) if defer_by else None,
         _defer_until=defer_until,
     )
+    if job is not None:
+        await redis.publish(WAKEUP_CHANNEL, TASK_QUEUES[task].value)
     return job is not None
 
 

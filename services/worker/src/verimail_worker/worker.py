@@ -14,7 +14,14 @@ from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from verimail_shared import db
-from verimail_shared.jobs import TaskName, deserialize_job, queue_key, queue_of_key, serialize_job
+from verimail_shared.jobs import (
+    WAKEUP_CHANNEL,
+    TaskName,
+    deserialize_job,
+    queue_key,
+    queue_of_key,
+    serialize_job,
+)
 from verimail_shared.queue import connect, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
@@ -113,6 +120,7 @@ def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
         "on_shutdown": shutdown,
         "max_jobs": settings.worker_max_jobs,
         "poll_delay": settings.worker_poll_delay_seconds,
+        "wakeup_channel": WAKEUP_CHANNEL,
         "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "health_check_interval": settings.worker_health_check_interval_seconds,
         "health_check_key": health_check_key(),
