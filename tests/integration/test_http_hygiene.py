@@ -141,3 +141,38 @@ async def test_metrics_can_move_to_their_own_port(settings: Settings, redis: Arq
         assert (await client.get("/metrics")).status_code == 404
     async with api_client(settings) as client:
         assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_json_answers_forbid_loading_and_caching(settings: Settings, redis: ArqRedis) -> None:
+    async with api_client(settings) as client:
+        answers = [await client.get("/healthz"), await client.post("/v1/create_user", content=b"{")]
+    for answer in answers:
+        assert (
+            answer.headers["content-security-policy"]
+            == "default-src 'none'; frame-ancestors 'none'"
+        )
+        assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_the_page_allows_only_its_own_hashed_style(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    async with api_client(settings) as client:
+        page = await client.get(f"/v1/verify_email?email_id=1&secret_code={'x' * 43}", headers=HTML)
+    policy = page.headers["content-security-policy"]
+    assert policy.startswith("default-src 'none'; style-src 'sha256-")
+    assert "unsafe-inline" not in policy and "script-src" not in policy
+
+
+async def test_non_ascii_digits_in_the_admin_limit_are_400(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    from pydantic import SecretStr
+
+    settings = settings.model_copy(update={"admin_token": SecretStr("tok")})
+    async with api_client(settings) as client:
+        answer = await client.get(
+            "/v1/admin/dead_tasks?limit=%C2%B2", headers={"Authorization": "Bearer tok"}
+        )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == 3

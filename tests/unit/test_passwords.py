@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from verimail_api.passwords import Passwords
-from verimail_api.schemas import CreateUserRequest, common_passwords, parse
+from verimail_api.schemas import CreateUserRequest, check_password, common_passwords, parse
 from verimail_shared.errors import InvalidArgument
 from verimail_shared.settings import Settings
 
@@ -60,3 +60,11 @@ async def test_passwords_are_compared_after_unicode_normalisation() -> None:
     hashed = await passwords.hash(composed)
     assert await passwords.verify(hashed, decomposed) == (True, None)
     passwords.close()
+
+
+@pytest.mark.parametrize(
+    "password", ["PASSWORD1", "\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44"]
+)
+def test_common_passwords_are_refused_in_upper_case_or_fullwidth(password: str) -> None:
+    with pytest.raises(ValueError, match="too common"):
+        check_password(password)

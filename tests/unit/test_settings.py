@@ -94,3 +94,15 @@ def test_database_errors_do_not_quote_their_parameters() -> None:
 
     engine = create_engine(Settings(_env_file=None))  # type: ignore[call-arg]
     assert engine.sync_engine.hide_parameters
+
+
+def test_printed_settings_mask_passwords_in_urls() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url="postgresql://verimail:db-Secret-1@db:5432/verimail",
+        redis_url="redis://:redis-Secret-2@redis:6379/0",
+    )
+    for text in (str(settings), repr(settings)):
+        assert "Secret-" not in text
+        assert "postgresql://verimail:***@db:5432/verimail" in text
+    assert settings.database_url.endswith("db-Secret-1@db:5432/verimail")  # still usable

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -138,6 +140,26 @@ class Settings(BaseSettings):
         if not value or any(weight < 1 for weight in value.values()):
             raise ValueError("needs at least one queue, each with a weight of 1 or more")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Printed settings show no secret: SecretStr fields mask themselves, URLs lose their
+        passwords here."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name in _URL_FIELDS else value
+
+
+_URL_FIELDS = {"database_url", "redis_url"}
+
+
+def mask_url(url: object) -> object:
+    """`scheme://user:secret@host/…` as `scheme://user:***@host/…`."""
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache

@@ -25,6 +25,7 @@ def main() -> None:
         port=settings.api_port,
         log_config=None,  # keep the structlog configuration
         proxy_headers=False,
+        server_header=False,  # no product name in answers (ASVS 14.3.3)
         timeout_graceful_shutdown=10,
     )
 

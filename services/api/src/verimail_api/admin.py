@@ -129,7 +129,7 @@ async def queues(request: Request) -> Response:
 
 
 def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidArgument(
             [FieldViolation("limit", f"must be an integer from 1 to {MAX_LIMIT}")]
         )

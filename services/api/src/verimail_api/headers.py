@@ -1,4 +1,9 @@
-"""Security headers on every response, and a Content-Security-Policy on HTML."""
+"""Security headers on every response, and a Content-Security-Policy on every response.
+
+JSON answers get the policy OWASP's REST Security cheat sheet gives APIs (nothing may load,
+nothing may frame) and `Cache-Control: no-store`; the verification page sets its own, narrower
+policy (pages.py), which is kept.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,9 @@ COMMON = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-# The verification page needs its own inline <style> and nothing else.
-HTML_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'"
-)
+# For any HTML that does not bring its own policy: nothing at all may load or run.
+HTML_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
 class SecurityHeadersMiddleware:
@@ -33,9 +36,10 @@ class SecurityHeadersMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in COMMON.items():
                     headers.setdefault(name, value)
-                if headers.get("content-type", "").startswith("text/html"):
-                    headers["Content-Security-Policy"] = HTML_POLICY
-                    headers["Cache-Control"] = "no-store"
+                html = headers.get("content-type", "").startswith("text/html")
+                headers.setdefault("Content-Security-Policy", HTML_POLICY if html else API_POLICY)
+                # Answers are per request, and the verification URL carries its code.
+                headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import prometheus_client
+import structlog
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -27,6 +28,8 @@ from verimail_api.schemas import (
 from verimail_api.state import State
 from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
 from verimail_shared.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 class BodyTooLarge(InvalidArgument):
@@ -60,8 +63,16 @@ async def resend_verify_email(request: Request) -> Response:
     await state.limits.hit("resend_ip", state.limits.client(request))
     body = parse(ResendVerifyEmailRequest, await read_json(request, state.settings.max_body_bytes))
     await state.limits.hit("resend_email", body.email.lower())
-    job = await state.signup.resend_verify_email(body.email, current_request_id())
-    return JSONResponse({}, background=BackgroundTask(state.signup.dispatch, job))
+    # The lookup runs after the answer is sent: its timing cannot tell who has an account.
+    return JSONResponse({}, background=BackgroundTask(_resend, state, body.email))
+
+
+async def _resend(state: State, email: str) -> None:
+    try:
+        job = await state.signup.resend_verify_email(email, current_request_id())
+        await state.signup.dispatch(job)
+    except Exception as exc:  # answered already; the user can ask again
+        log.warning("verify_email_resend_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 async def verify_email(request: Request) -> Response:

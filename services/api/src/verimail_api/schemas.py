@@ -16,6 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from verimail_api.passwords import normalize
 from verimail_shared.errors import FieldViolation, InvalidArgument
 from verimail_shared.tables import User, loaded
 
@@ -60,7 +61,8 @@ def common_passwords() -> frozenset[str]:
 def check_password(value: str) -> str:
     # NIST SP 800-63B 5.1.1.2: length limits and a blocklist, no composition rules.
     check_length(value, 8, 64)
-    if value.lower() in common_passwords():
+    # After NFKC and case folding, as hashing sees it: fullwidth or uppercase is no way out.
+    if normalize(value).casefold() in common_passwords():
         raise ValueError("is too common: choose one that is not on lists of leaked passwords")
     return value
 
