@@ -133,10 +133,13 @@ class WeightedWorker(Worker):
         heads = cast(
             list[list[bytes]], await self._read_queues(keys=keys, args=[self.queue_read_limit])
         )
+        # Running jobs stay at the head of their queue until they finish: skip this worker's
+        # own without asking Redis.
+        mine = {job_id.encode() for job_id, task in self.tasks.items() if not task.done()}
         ready: dict[str, list[bytes]] = {}
         for key, head in zip(keys, heads, strict=True):
             pairs = list(zip(head[::2], map(float, head[1::2]), strict=True))
-            due = [job_id for job_id, score in pairs if score <= now]
+            due = [job_id for job_id, score in pairs if score <= now and job_id not in mine]
             if due:
                 ready[key] = due
             later = next((score for _, score in pairs if score > now), None)
@@ -145,13 +148,15 @@ class WeightedWorker(Worker):
         while ready and self.job_counter < self.max_jobs:
             candidates = tuple(ready)
             key = self._turns.pick(candidates)
-            before = self.job_counter
+            job_id = ready[key].pop(0)
+            # Not job_counter: jobs that finish during start_jobs' round trips lower it too.
+            before = self.tasks.get(job_id.decode())
             token = _queue.set(key)
             try:
-                await self.start_jobs([ready[key].pop(0)])
+                await self.start_jobs([job_id])
             finally:
                 _queue.reset(token)
-            if self.job_counter == before:
+            if self.tasks.get(job_id.decode()) is before:
                 # Running elsewhere or gone: the slot is still free, so the turn is not spent.
                 self._turns.unpick(candidates, key)
             if not ready[key]:
