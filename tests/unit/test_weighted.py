@@ -11,7 +11,9 @@ def test_picks_follow_the_weights_interleaved() -> None:
     turns = WeightedRoundRobin({"critical": 10, "default": 5})
     picks = [turns.pick(("critical", "default")) for _ in range(30)]
     assert Counter(picks) == {"critical": 20, "default": 10}
-    assert "critical" * 3 not in "".join(p[0] for p in picks).replace("d", " ")  # never 3 in a row
+    # Interleaved: with both queues in the running, never three critical picks in a row.
+    runs = "".join(pick[0] for pick in picks).split("d")
+    assert max(len(run) for run in runs) == 2
 
 
 def test_a_queue_without_work_gives_its_share_away() -> None:
