@@ -26,6 +26,16 @@ async def test_admin_routes_do_not_exist_without_a_token(
     assert response.json()["code"] == 5
 
 
+async def test_an_empty_admin_token_leaves_the_admin_routes_off(
+    settings: Settings, redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "")  # as .env.example offers it
+    settings = Settings(_env_file=None, **settings.model_dump(exclude={"admin_token"}))  # type: ignore[call-arg]
+    async with api_client(settings) as client:
+        response = await client.get("/v1/admin/dead_tasks", headers={"Authorization": "Bearer "})
+    assert response.status_code == 404
+
+
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 @pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic c2VjcmV0", "Bearer "])
 async def test_admin_routes_refuse_a_missing_or_wrong_token_with_401(

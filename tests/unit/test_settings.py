@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -106,3 +108,33 @@ def test_printed_settings_mask_passwords_in_urls() -> None:
         assert "Secret-" not in text
         assert "postgresql://verimail:***@db:5432/verimail" in text
     assert settings.database_url.endswith("db-Secret-1@db:5432/verimail")  # still usable
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name.upper(), "")
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    assert getattr(Settings(_env_file=None), name) == default  # type: ignore[call-arg]
+
+
+def test_empty_secrets_in_the_env_file_are_unset(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ADMIN_TOKEN=\nSMTP_PASSWORD=\nAPI_METRICS_PORT=\n")
+    settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
+    assert settings.admin_token is None
+    assert settings.smtp_password is None and settings.api_metrics_port is None
+
+
+@pytest.mark.parametrize("token", ["Q", "Fifteen-Chars-1"])
+def test_a_short_admin_token_is_refused_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", token)
+    with pytest.raises(ValidationError, match="at least 16 characters") as error:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert token not in str(error.value)
+
+
+def test_a_16_character_admin_token_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "sixteen-chars-01")
+    token = Settings(_env_file=None).admin_token  # type: ignore[call-arg]
+    assert token is not None and token.get_secret_value() == "sixteen-chars-01"

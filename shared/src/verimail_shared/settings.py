@@ -30,10 +30,21 @@ class SignupEnqueue(StrEnum):
     IN_TRANSACTION = "in_transaction"  # simplebank's design, kept for comparison only
 
 
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
 class Settings(BaseSettings):
     """Every setting of every Verimail process; each field is one environment variable."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty variable (`ADMIN_TOKEN=`, as .env.example offers it) is an unset one; errors
+    # never quote the value, which may be a secret.
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
 
     # Dependencies
     database_url: str = "postgresql://postgres@127.0.0.1:5432/verimail"
@@ -101,6 +112,16 @@ class Settings(BaseSettings):
     worker_health_check_interval_seconds: int = Field(default=10, ge=1)
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9100
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                "(e.g. `openssl rand -hex 32`), or unset to turn the admin routes off"
+            )
+        return value
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
