@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -42,6 +43,7 @@ def relative(link: str) -> str:
 async def test_the_task_sends_exactly_one_email_whose_link_verifies_the_user(
     settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
 ) -> None:
+    settings = settings.model_copy(update={"verify_email_ttl_minutes": 42})  # not the default 15
     before = processed()
     async with api_client(settings) as client:
         body, link = await sign_up_and_receive_link(client, settings, smtp_server)
@@ -62,11 +64,14 @@ async def test_the_task_sends_exactly_one_email_whose_link_verifies_the_user(
         user = await fetch_one(
             engine, "SELECT * FROM users WHERE username = :u", u=body["username"]
         )
-        used = await fetch_value(
-            engine, "SELECT is_used FROM verify_emails WHERE username = :u", u=body["username"]
+        row = await fetch_one(
+            engine, "SELECT * FROM verify_emails WHERE username = :u", u=body["username"]
         )
     assert user["is_email_verified"] is True
-    assert used is True
+    assert row["is_used"] is True
+    # The code lives VERIFY_EMAIL_TTL_MINUTES from the row's creation.
+    lifetime = row["expired_at"] - row["created_at"]
+    assert abs(lifetime - timedelta(minutes=42)) < timedelta(seconds=5)
 
 
 async def test_a_used_code_is_refused(
