@@ -5,26 +5,26 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from aiosmtplib import SMTPRecipientsRefused, SMTPResponseException
+from aiosmtplib import SMTPDataError, SMTPRecipientRefused, SMTPRecipientsRefused
 from pydantic import ValidationError
 
-from verimail_shared.errors import PermanentError, TransientError
+from verimail_shared.errors import PermanentError
 
 
 def is_permanent(exc: BaseException) -> bool:
     """True when trying again cannot help: asynq's SkipRetry.
 
-    SMTP says so itself: 5xx replies are permanent, 4xx transient. An invalid payload never
-    becomes valid. Anything else (connection errors, timeouts, a user row not committed yet)
-    is worth another try.
+    Only a 5xx refusal of this message is permanent: of its recipient (RCPT) or of its content
+    (DATA). Every other SMTP failure is about our side or the server's state (a wrong password,
+    a refused sender, `530 Must issue STARTTLS`, HELO, TLS, the connection) and is retried, so a
+    misconfiguration dead-letters nothing before its tries are used up. An invalid payload never
+    becomes valid. Anything else (timeouts, a user row not committed yet) is worth another try.
     """
     if isinstance(exc, PermanentError | ValidationError):
         return True
-    if isinstance(exc, TransientError):
-        return False
     if isinstance(exc, SMTPRecipientsRefused):
-        return any(refusal.code >= 500 for refusal in exc.recipients)
-    if isinstance(exc, SMTPResponseException):
+        return bool(exc.recipients) and all(refused.code >= 500 for refused in exc.recipients)
+    if isinstance(exc, SMTPRecipientRefused | SMTPDataError):
         return exc.code >= 500
     return False
 
