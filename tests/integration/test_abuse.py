@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from arq.connections import ArqRedis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.polling import eventually
-from tests.support.services import api_client, running_worker
+from tests.support.services import api_client, database, running_worker
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
+from verimail_shared.jobs import Queue, queue_key
 from verimail_shared.settings import Settings
 
 
@@ -49,13 +52,27 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     assert [r.status_code for r in proxied] == [404, 404, 429]  # one budget per client
 
 
+async def outbox_jobs(engine: AsyncEngine, username: str) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT job_id FROM outbox WHERE payload->>'username' = :u"), {"u": username}
+        )
+        return set(rows.scalars())
+
+
+async def queued_jobs(redis: ArqRedis) -> set[str]:
+    return {job_id.decode() for job_id in await redis.zrange(queue_key(Queue.CRITICAL), 0, -1)}
+
+
 async def test_resend_answers_the_same_and_mails_only_unverified_users(
     settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
 ) -> None:
-    unverified = new_user()
-    async with api_client(settings) as client:
-        assert (await client.post("/v1/create_user", json=unverified)).status_code == 200
+    unverified, fence = new_user(), new_user()
+    async with api_client(settings) as client, database(settings) as engine:
+        for body in (unverified, fence):
+            assert (await client.post("/v1/create_user", json=body)).status_code == 200
         async with running_worker(settings):
+            await eventually(lambda: smtp_server.to(fence["email"]))
             await eventually(lambda: smtp_server.to(unverified["email"]))
             known = await client.post(
                 "/v1/resend_verify_email", json={"email": unverified["email"]}
@@ -71,11 +88,23 @@ async def test_resend_answers_the_same_and_mails_only_unverified_users(
             assert second_link is not None
             verified = await client.get(second_link.removeprefix(settings.public_base_url))
             assert verified.json() == {"is_verified": True}
-            after = await client.post(
-                "/v1/resend_verify_email", json={"email": unverified["email"]}
-            )
+        # No worker from here on: whatever is enqueued stays in the queue.
+        assert await queued_jobs(redis) == set()
+        jobs_before = await outbox_jobs(engine, unverified["username"])
+        after = await client.post("/v1/resend_verify_email", json={"email": unverified["email"]})
+        # A fence: a resend for an unverified user, asked after. Its lookup runs after the
+        # verified user's, so once its task is queued a wrong task for the verified user is too.
+        await client.post("/v1/resend_verify_email", json={"email": fence["email"]})
+
+        async def fence_queued() -> set[str]:
+            return await queued_jobs(redis) & await outbox_jobs(engine, fence["username"])
+
+        fence_jobs = await eventually(fence_queued, message="the fence's resend queued nothing")
+        assert await outbox_jobs(engine, unverified["username"]) == jobs_before
+        assert await queued_jobs(redis) == fence_jobs
     assert (known.status_code, known.text) == (unknown.status_code, unknown.text) == (200, "{}")
     assert (after.status_code, after.text) == (200, "{}")
+    assert len(jobs_before) == 2  # the signup and the resend before verification
     assert len(smtp_server.to(unverified["email"])) == 2  # none after verification
     assert smtp_server.to("nobody.at.all@example.com") == []
 
