@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,35 @@ def test_a_16_character_admin_token_is_accepted(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ADMIN_TOKEN", "sixteen-chars-01")
     token = Settings(_env_file=None).admin_token  # type: ignore[call-arg]
     assert token is not None and token.get_secret_value() == "sixteen-chars-01"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_LINE = re.compile(r"^# ([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def env_example() -> dict[str, str]:
+    """`.env.example`'s variables, each commented out, with the value it shows."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    assert not [line for line in lines if re.match(r"^\s*[A-Z_]+=", line)], "all commented"
+    return {m[1]: m[2] for m in map(ENV_LINE.match, lines) if m}
+
+
+def readme_configuration_rows() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, flags=re.MULTILINE)
+
+
+def test_env_example_and_readme_list_every_setting_and_nothing_else() -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    assert set(env_example()) == settings
+    assert set(readme_configuration_rows()) == settings
+    assert list(env_example()) == readme_configuration_rows()  # grouped the same way
+
+
+def test_env_example_shows_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in env_example().items():
+        monkeypatch.setenv(variable, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name, field in Settings.model_fields.items():
+        assert getattr(settings, name) == field.get_default(call_default_factory=True), name
