@@ -19,9 +19,16 @@ DEBIAN_PACKAGES := prometheus redis-server redis-sentinel
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 COMPOSE ?= docker compose
 
+# Stock Debian/Ubuntu lack python3-venv: then pip puts uv's binary in .tools/pip instead.
 $(CURDIR)/.tools/bin/uv:
-	$(PYTHON) -m venv $(CURDIR)/.tools
-	$(CURDIR)/.tools/bin/pip install --quiet uv
+	if $(PYTHON) -m venv $(CURDIR)/.tools; then \
+		$(CURDIR)/.tools/bin/pip install --quiet uv; \
+	else \
+		echo "$(PYTHON) -m venv failed (no python3-venv?): installing uv with pip --target" >&2; \
+		$(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools/pip uv && \
+		mkdir -p $(CURDIR)/.tools/bin && ln -sf $(CURDIR)/.tools/pip/bin/uv $@; \
+	fi
+	$@ --version
 
 install: $(UV) ## Install all three packages and the dev tools into .venv (from uv.lock)
 	$(UV) sync --frozen --all-packages
