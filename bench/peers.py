@@ -1,0 +1,304 @@
+"""Peers: the no-op workload of bench/throughput.py through SAQ, Celery, RQ and taskiq-redis,
+each in one worker process with its documented fastest settings, against our worker.
+
+    uv run --frozen --group bench python bench/peers.py --count 20000 --runs 3
+
+As in bench/throughput.py: `count` tasks are enqueued up front, then one worker process drains
+them and each task increments a counter in Redis; the rate runs from the first completion to the
+last. `ours` is measured by bench/throughput.py's own function (VerimailWorker as deployed).
+Sides are interleaved within each run against the same Redis and PostgreSQL; the table prints
+medians and ours ÷ side, and the results go to bench/results/peers.json. Each peer's settings
+are in its `run_*` function with the document they come from. Needs the `bench` dependency group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import drain_rate, print_ratio_table
+from throughput import DONE_KEY, RESULTS, Bench, throughput
+
+PEERS = ["saq", "celery", "rq", "taskiq"]
+SIDES = ["ours", *PEERS]
+QUEUE = "bench"
+TASK = "bench"
+BATCH = 500
+
+# SAQ documents one throughput knob, `concurrency`, and uses 10 in its README and its own benchmark
+# (docs/benchmarks.md); 20, 50 and 100 were no faster in a sweep here.
+SAQ_CONCURRENCY = 10
+# taskiq's docs/guide/cli.md: --max-async-tasks (default 100) and --max-prefetch, "useful for
+# systems with high message rates", so it may prefetch as many as it may run at once.
+TASKIQ_MAX_ASYNC_TASKS = 100
+TASKIQ_MAX_PREFETCH = 100
+# Celery's optimizing guide (Prefetch Limits): many short tasks want a large multiplier, "Say 64,
+# or 128".
+CELERY_PREFETCH_MULTIPLIER = 128
+
+# The worker process's client for the completion counter: sync for Celery and RQ, async otherwise.
+counter: Any = None
+
+
+# ---------------------------------------------------------------- the tasks (in the worker)
+
+
+def noop_sync() -> None:
+    counter.incr(DONE_KEY)
+
+
+async def noop_async(*args: Any) -> None:
+    await counter.incr(DONE_KEY)
+
+
+# ---------------------------------------------------------------- the workers (one process each)
+
+
+def run_saq(redis_url: str) -> None:
+    """SAQ 0.26 as `saq.worker.start` runs it; jobs carry ttl=-1 (see `enqueue_saq`)."""
+    from saq import Queue, Worker
+
+    worker = Worker(
+        Queue.from_url(redis_url, name=QUEUE),
+        functions=[(TASK, noop_async)],
+        concurrency=SAQ_CONCURRENCY,
+    )
+
+    async def serve() -> None:
+        await worker.queue.connect()
+        try:
+            await worker.start()
+        finally:
+            await worker.queue.disconnect()
+
+    asyncio.run(serve())
+
+
+def celery_app(redis_url: str) -> Any:
+    from celery import Celery
+
+    app = Celery("bench", broker=redis_url)
+    app.conf.update(
+        # Tasks guide, Tips and Best Practices: ignore results you don't want ("storing results
+        # wastes time and resources") and disable rate limits if they're not used.
+        task_ignore_result=True,
+        worker_disable_rate_limits=True,
+        worker_prefetch_multiplier=CELERY_PREFETCH_MULTIPLIER,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+    )
+    app.task(name=TASK)(noop_sync)
+    return app
+
+
+def run_celery(redis_url: str) -> None:
+    """Celery 5.6 with the Redis broker in one process."""
+    celery_app(redis_url).worker_main(
+        [
+            "worker",
+            # celery.concurrency.solo: "Solo task pool (blocking, inline, fast)"; the only pool
+            # that runs tasks in the worker process itself.
+            "--pool=solo",
+            # Worker CLI: no event subscriptions, start-up sync or heartbeats through the broker.
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
+        ]
+    )
+
+
+def run_rq(redis_url: str) -> None:
+    """RQ 3.0; jobs carry result_ttl=0 (see `enqueue_rq`)."""
+    from rq import Queue, SimpleWorker
+
+    connection = Redis.from_url(redis_url)
+    # docs/benchmark.md: SimpleWorker skips fork() per job, about 6x the default Worker on no-ops;
+    # workers.md: --disable-job-desc-logging turns off the per-job description log.
+    SimpleWorker(
+        [Queue(QUEUE, connection=connection)], connection=connection, log_job_description=False
+    ).work(logging_level="WARNING")
+
+
+def taskiq_broker(redis_url: str) -> Any:
+    import taskiq.compat
+
+    # The locked taskiq-redis 1.0.9 imports two helpers that taskiq 0.13 removed from
+    # taskiq.compat; only its result backend and schedule sources call them, never the broker.
+    if not hasattr(taskiq.compat, "model_dump"):
+        taskiq.compat.model_dump = lambda instance: instance.model_dump(mode="json")  # type: ignore[attr-defined]
+        taskiq.compat.model_validate = lambda model, data: model.model_validate(data)  # type: ignore[attr-defined]
+    from taskiq_redis import ListQueueBroker
+
+    # taskiq-redis README: ListQueueBroker is LPUSH/BRPOP without acknowledgements, the least
+    # work per task of its brokers; no result backend is configured, so no results are stored.
+    broker = ListQueueBroker(redis_url, queue_name=QUEUE)
+    broker.register_task(noop_async, task_name=TASK)
+    return broker
+
+
+def run_taskiq(redis_url: str) -> None:
+    """taskiq 0.13 through the function each `taskiq worker` child process runs (uvloop and all)."""
+    from taskiq.acks import AcknowledgeType
+    from taskiq.cli.worker.args import WorkerArgs
+    from taskiq.cli.worker.run import start_listen
+
+    start_listen(
+        WorkerArgs(
+            broker=taskiq_broker(redis_url),
+            modules=[],
+            configure_logging=False,
+            max_async_tasks=TASKIQ_MAX_ASYNC_TASKS,
+            max_prefetch=TASKIQ_MAX_PREFETCH,
+            # docs/guide/cli.md: when_received acknowledges before running, the earliest point.
+            ack_type=AcknowledgeType.WHEN_RECEIVED,
+        )
+    )
+
+
+def run_worker(kind: str, redis_url: str) -> None:
+    global counter
+    sync = kind in ("celery", "rq")
+    counter = Redis.from_url(redis_url) if sync else AsyncRedis.from_url(redis_url)
+    {"saq": run_saq, "celery": run_celery, "rq": run_rq, "taskiq": run_taskiq}[kind](redis_url)
+
+
+# ---------------------------------------------------------------- enqueueing (in the driver)
+
+
+async def enqueue_saq(redis_url: str, count: int) -> None:
+    from saq import Queue
+
+    queue = Queue.from_url(redis_url, name=QUEUE)
+    await queue.connect()
+    for start in range(0, count, BATCH):
+        # Job docstring: ttl -1 drops the job's record on completion instead of keeping it 600 s.
+        await asyncio.gather(
+            *(
+                queue.enqueue(TASK, key=f"bench-{n}", ttl=-1)
+                for n in range(start, min(start + BATCH, count))
+            )
+        )
+    await queue.disconnect()
+
+
+def enqueue_celery(redis_url: str, count: int) -> None:
+    app = celery_app(redis_url)
+    with app.producer_or_acquire() as producer:
+        for n in range(count):
+            app.send_task(TASK, task_id=f"bench-{n}", producer=producer)
+
+
+def enqueue_rq(redis_url: str, count: int) -> None:
+    from rq import Queue
+
+    queue = Queue(QUEUE, connection=Redis.from_url(redis_url))
+    for start in range(0, count, BATCH):
+        queue.enqueue_many(
+            [
+                # results.md: result_ttl=0 deletes the result (and the job) right away.
+                Queue.prepare_data(noop_sync, result_ttl=0, job_id=f"bench-{n}")
+                for n in range(start, min(start + BATCH, count))
+            ]
+        )
+
+
+async def enqueue_taskiq(redis_url: str, count: int) -> None:
+    broker = taskiq_broker(redis_url)
+    await broker.startup()
+    task = broker.find_task(TASK)
+    for start in range(0, count, BATCH):
+        await asyncio.gather(*(task.kiq() for _ in range(start, min(start + BATCH, count))))
+    await broker.shutdown()
+
+
+async def enqueue(kind: str, redis_url: str, count: int) -> None:
+    if kind == "saq":
+        await enqueue_saq(redis_url, count)
+    elif kind == "celery":
+        await asyncio.to_thread(enqueue_celery, redis_url, count)
+    elif kind == "rq":
+        await asyncio.to_thread(enqueue_rq, redis_url, count)
+    else:
+        await enqueue_taskiq(redis_url, count)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+async def peer_rate(bench: Bench, kind: str, count: int) -> float:
+    redis_url = bench.redis_server.url
+    redis = AsyncRedis.from_url(redis_url)
+    await redis.flushdb()
+    await enqueue(kind, redis_url, count)
+    log = (bench.root / f"{kind}.log").open("ab")
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "worker", "--kind", kind, "--redis", redis_url],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        return await drain_rate(redis, DONE_KEY, count, worker)
+    except RuntimeError as error:
+        raise RuntimeError(f"{kind}: {error}; see {log.name}") from error
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        await redis.aclose()
+
+
+async def rate(bench: Bench, side: str, count: int) -> float:
+    if side == "ours":
+        return await throughput(bench, "ours", count)
+    return await peer_rate(bench, side, count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "worker"])
+    parser.add_argument("--kind", choices=PEERS)
+    parser.add_argument("--redis")
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES)
+    args = parser.parse_args()
+    if args.command == "worker":
+        logging.basicConfig(level=logging.WARNING)
+        run_worker(args.kind, args.redis)
+        return
+    sides = ["ours", *(side for side in args.sides if side != "ours")]
+    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.start()
+        try:
+            runs: dict[str, list[float]] = {side: [] for side in sides}
+            for _ in range(args.runs):
+                for side in sides:  # interleaved, so load on the machine hits every side
+                    runs[side].append(asyncio.run(rate(bench, side, args.count)))
+        finally:
+            bench.stop()
+    medians = print_ratio_table(runs, reference="ours")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "peers.json").write_text(
+        json.dumps({"count": args.count, "runs": runs, "medians": medians}, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
