@@ -59,6 +59,27 @@ def test_promtool_accepts_the_compose_scrape_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_promtool_accepts_the_annotation_scrape_config_in_the_deploy_guide(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    section = guide.split("\n### Scraping\n", 1)[1].split("\n## ", 1)[0]
+    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    (pods,) = config["scrape_configs"]
+    job = next(rule for rule in pods["relabel_configs"] if rule.get("target_label") == "job")
+    assert job["regex"] == "(verimail-api|verimail-worker)"
+    # Debian's promtool is built without Kubernetes discovery: check the rules on static targets.
+    assert pods.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+    pods["static_configs"] = [{"targets": ["10.0.0.1:8000"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [require("promtool"), "check", "config", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_accepts_the_alert_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
