@@ -132,13 +132,6 @@ def run_rq(redis_url: str) -> None:
 
 
 def taskiq_broker(redis_url: str) -> Any:
-    import taskiq.compat
-
-    # The locked taskiq-redis 1.0.9 imports two helpers that taskiq 0.13 removed from
-    # taskiq.compat; only its result backend and schedule sources call them, never the broker.
-    if not hasattr(taskiq.compat, "model_dump"):
-        taskiq.compat.model_dump = lambda instance: instance.model_dump(mode="json")  # type: ignore[attr-defined]
-        taskiq.compat.model_validate = lambda model, data: model.model_validate(data)  # type: ignore[attr-defined]
     from taskiq_redis import ListQueueBroker
 
     # taskiq-redis README: ListQueueBroker is LPUSH/BRPOP without acknowledgements, the least
