@@ -1,10 +1,14 @@
-"""Deferred-task lateness: start time minus due time, ours against bare arq, both in one run.
+"""Deferred-task lateness and idle Redis traffic, ours against bare arq, all sides in one run.
 
-    uv run python bench/lateness.py --count 2000 --rate 200
+    uv run python bench/lateness.py --count 2000 --rate 200 --idle-seconds 30 --runs 3
 
-Tasks are enqueued at a steady `rate`, each deferred by 0.2 to 0.7 s to a known due time; the task
-records how late it started. Sides as in bench/throughput.py. Prints p50/p99/max per side and
-writes bench/results/queue-lateness.json.
+Each worker is first left idle for `idle-seconds`: Redis's `total_commands_processed` is read
+at both ends, less what the reading itself costs (measured before the worker starts), and
+`INFO commandstats` says which commands they were. Then tasks are enqueued at a steady `rate`,
+each deferred by 0.2 to 0.7 s to a known due time; the task records how late it started. Sides
+as in bench/throughput.py, interleaved over runs. Prints medians over runs of p50/p99/max
+lateness and idle commands per second, with ours ÷ side, and writes
+bench/results/queue-lateness.json.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import RESULTS, SIDES, Bench
 
 LATE_KEY = "bench:lateness"
+SETTLE_SECONDS = 2.0
 
 
 async def late_arq(ctx: dict[str, Any], due_ms: float) -> None:
@@ -65,7 +72,48 @@ def run_worker(kind: str, redis_url: str) -> None:
     worker.run()
 
 
-async def measure(bench: Bench, kind: str, count: int, rate: float) -> list[float]:
+async def wait_for_worker(redis: ArqRedis, worker: subprocess.Popen[bytes]) -> None:
+    """Until the worker has polled once: every side writes its health key on its first poll."""
+    deadline = time.monotonic() + 60
+    while not [key async for key in redis.scan_iter(match="*health*")]:
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise RuntimeError("the worker did not start")
+        await asyncio.sleep(0.05)
+
+
+async def command_counts(redis: ArqRedis) -> Counter[str]:
+    """Commands Redis has run so far: `total`, and per command name."""
+    total = (await redis.info("stats"))["total_commands_processed"]
+    per_command = await redis.info("commandstats")
+    counts = Counter(
+        {name.removeprefix("cmdstat_"): row["calls"] for name, row in per_command.items()}
+    )
+    counts["total"] = total
+    return counts
+
+
+async def commands_during(redis: ArqRedis, seconds: float) -> Counter[str]:
+    before = await command_counts(redis)
+    await asyncio.sleep(seconds)
+    after = await command_counts(redis)
+    after.subtract(before)
+    return after
+
+
+async def idle_commands(
+    redis: ArqRedis, seconds: float, reading: Counter[str]
+) -> tuple[float, dict[str, int]]:
+    """Commands per second with only the idle worker connected, and how many of each, less
+    `reading`: what measuring costs on its own."""
+    counts = await commands_during(redis, seconds)
+    counts.subtract(reading)
+    per_command = {name: n for name, n in counts.most_common() if n > 0 and name != "total"}
+    return counts["total"] / seconds, per_command
+
+
+async def measure(
+    bench: Bench, kind: str, count: int, rate: float, idle_seconds: float
+) -> dict[str, Any]:
     from verimail_shared import queue
     from verimail_shared.jobs import TaskName, deserialize_job, serialize_job
 
@@ -75,6 +123,7 @@ async def measure(bench: Bench, kind: str, count: int, rate: float) -> list[floa
         job_deserializer=deserialize_job if kind == "ours" else None,
     )
     await redis.flushdb()
+    reading = await commands_during(redis, 0.5)  # no worker yet: only the reading itself
     env_worker = subprocess.Popen(
         [sys.executable, __file__, "worker", "--kind", kind, "--redis", bench.redis_server.url],
         env={
@@ -87,7 +136,9 @@ async def measure(bench: Bench, kind: str, count: int, rate: float) -> list[floa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    await asyncio.sleep(2)  # the worker is up and idle before the first task
+    await wait_for_worker(redis, env_worker)
+    await asyncio.sleep(SETTLE_SECONDS)  # past start-up: connections, script loads, subscription
+    idle_rate, idle_per_command = await idle_commands(redis, idle_seconds, reading)
     rng = random.Random(7)
     for n in range(count):
         due_ms = time.time() * 1000 + rng.uniform(200, 700)
@@ -115,11 +166,21 @@ async def measure(bench: Bench, kind: str, count: int, rate: float) -> list[floa
     env_worker.terminate()
     env_worker.wait(30)
     await redis.aclose()
-    return sorted(lateness)
+    lateness.sort()
+    return {
+        "p50_ms": percentile(lateness, 0.5),
+        "p99_ms": percentile(lateness, 0.99),
+        "max_ms": lateness[-1],
+        "idle_commands_per_s": idle_rate,
+        "idle_commands": idle_per_command,
+    }
 
 
 def percentile(values: list[float], p: float) -> float:
     return values[min(int(p * len(values)), len(values) - 1)]
+
+
+COLUMNS = ["p50_ms", "p99_ms", "max_ms", "idle_commands_per_s"]
 
 
 def main() -> None:
@@ -131,29 +192,62 @@ def main() -> None:
     parser.add_argument("--redis")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if args.command == "worker":
         run_worker(args.kind, args.redis)
         return
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
         bench = Bench(Path(tmp))
         bench.start()
         try:
-            results = {
-                side: asyncio.run(measure(bench, side, args.count, args.rate)) for side in SIDES
-            }
+            for _ in range(args.runs):
+                for side in SIDES:  # interleaved, so load on the machine hits every side
+                    runs[side].append(
+                        asyncio.run(measure(bench, side, args.count, args.rate, args.idle_seconds))
+                    )
         finally:
             bench.stop()
     table = {
-        side: {"p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99), "max_ms": v[-1]}
-        for side, v in results.items()
+        side: {column: statistics.median(run[column] for run in side_runs) for column in COLUMNS}
+        for side, side_runs in runs.items()
     }
-    print(f"{'side':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    ours_idle = table["ours"]["idle_commands_per_s"]
+    print(
+        f"{'side':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'idle cmd/s':>11} "
+        f"{'ours ÷ side':>12}"
+    )
     for side, row in table.items():
-        print(f"{side:<12} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}")
+        ratio = ours_idle / row["idle_commands_per_s"] if row["idle_commands_per_s"] else 0.0
+        print(
+            f"{side:<12} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f} "
+            f"{row['idle_commands_per_s']:>11.2f} {ratio:>12.2f}"
+        )
+    print(f"idle commands in {args.idle_seconds:g} s, median run:")
+    for side, side_runs in runs.items():
+        middle = sorted(side_runs, key=lambda run: run["idle_commands_per_s"])[len(side_runs) // 2]
+        print(
+            f"  {side:<12} "
+            + ", ".join(f"{n} {name}" for name, n in middle["idle_commands"].items())
+        )
+    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "queue-lateness.json").write_text(
-        json.dumps({"count": args.count, "rate": args.rate, "table": table}, indent=2) + "\n"
+        json.dumps(
+            {
+                "count": args.count,
+                "rate": args.rate,
+                "idle_seconds": args.idle_seconds,
+                "load_average": load,
+                "table": table,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
     )
 
 

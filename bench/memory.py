@@ -1,0 +1,262 @@
+"""Memory: bytes per queued job in Redis and worker RSS, ours against bare arq, in one run.
+
+    uv run --frozen --group bench python bench/memory.py --count 100000 --jobs 10000 --runs 3
+
+Bytes per job: Redis `used_memory` after `count` deferred jobs minus before, over `count`. Ours
+are made as the API makes them (an outbox row from `outbox.new_task` for `send_verify_email`,
+enqueued with `outbox.enqueue`: JSON serializer, uuid job id, payload with a request id); bare
+arq gets the same payload as keyword arguments through `enqueue_job`, pickled as arq does by
+default. Only one connection is open when memory is read, so client buffers cancel out.
+
+Worker RSS: the worker process idle, then after it has run `jobs` no-op jobs; ours is the
+deployed worker (`create_worker`, as bench/throughput.py runs it), bare arq runs its defaults.
+Sides alternate within each run; tables print medians and ours ÷ side, and the results are
+written to bench/results/memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import string
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from verimail_shared import outbox, queue
+from verimail_shared.jobs import (
+    SendVerifyEmailPayload,
+    TaskName,
+    deserialize_job,
+    serialize_job,
+)
+from verimail_shared.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lateness import SETTLE_SECONDS, wait_for_worker
+from throughput import DONE_KEY, RESULTS, Bench, enqueue_many
+
+SIDES = ["ours", "arq"]
+WORKER_KIND = {"ours": "ours", "arq": "arq-default"}  # bench/throughput.py's worker sides
+BATCH = 500
+# Due well after the measurement: every job is still deferred when memory is read.
+DEFER_SECONDS = 3600.0
+MIB = 1024 * 1024
+
+
+# ---------------------------------------------------------------- bytes per queued job
+
+
+async def used_memory(admin: Redis) -> int:
+    """Redis's allocated bytes once every other client has gone (their buffers count too)."""
+    deadline = time.monotonic() + 10
+    while (await admin.info("clients"))["connected_clients"] > 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("other clients stay connected; memory would include them")
+        await asyncio.sleep(0.05)
+    return int((await admin.info("memory"))["used_memory"])
+
+
+def usernames(seed: int, count: int) -> list[str]:
+    """Realistic, varied usernames; the same seed gives both sides the same ones."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits + "_"
+    return ["".join(rng.choices(alphabet, k=rng.randint(5, 20))) for _ in range(count)]
+
+
+async def enqueue_ours(settings: Settings, names: list[str]) -> None:
+    redis = queue.connect(settings)
+    try:
+        for start in range(0, len(names), BATCH):
+            rows = [
+                outbox.new_task(
+                    TaskName.SEND_VERIFY_EMAIL,
+                    SendVerifyEmailPayload(
+                        username=name,
+                        max_tries=settings.verify_email_max_tries,
+                        request_id=uuid.uuid4().hex,  # what the API's middleware makes
+                    ),
+                    DEFER_SECONDS,
+                )
+                for name in names[start : start + BATCH]
+            ]
+            await asyncio.gather(*(outbox.enqueue(redis, row) for row in rows))
+    finally:
+        # connect() builds the client on a pool of its own making, which aclose() leaves open.
+        await redis.aclose(close_connection_pool=True)
+
+
+async def enqueue_arq(settings: Settings, names: list[str]) -> None:
+    redis: ArqRedis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    try:
+        for start in range(0, len(names), BATCH):
+            due = datetime.now(UTC) + timedelta(seconds=DEFER_SECONDS)
+            await asyncio.gather(
+                *(
+                    redis.enqueue_job(
+                        "send_verify_email",
+                        username=name,
+                        max_tries=settings.verify_email_max_tries,
+                        request_id=uuid.uuid4().hex,
+                        _job_id=uuid.uuid4().hex,
+                        _defer_until=due,
+                    )
+                    for name in names[start : start + BATCH]
+                )
+            )
+    finally:
+        await redis.aclose()
+
+
+async def job_value_bytes(admin: Redis, sample: int = 200) -> float:
+    """The mean length of a job's serialized value, the one part of a job the sides differ in."""
+    keys = [key async for key in admin.scan_iter(match="arq:job:*", count=sample)][:sample]
+    async with admin.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.strlen(key)
+        lengths = await pipe.execute()
+    return float(statistics.mean(lengths))
+
+
+async def bytes_per_job(bench: Bench, side: str, names: list[str]) -> tuple[float, float]:
+    """Redis bytes per queued job, and the mean serialized job's length."""
+    settings = Settings(
+        _env_file=None, database_url=bench.database_url, redis_url=bench.redis_server.url
+    )
+    admin = Redis.from_url(settings.redis_url)
+    try:
+        await admin.flushdb(asynchronous=False)
+        before = await used_memory(admin)
+        await (enqueue_ours if side == "ours" else enqueue_arq)(settings, names)
+        after = await used_memory(admin)
+        queued = await admin.zcard("arq:queue:critical" if side == "ours" else "arq:queue")
+        if queued != len(names):
+            raise RuntimeError(f"{side}: {queued} jobs queued, expected {len(names)}")
+        value = await job_value_bytes(admin)
+        await admin.flushdb(asynchronous=False)
+    finally:
+        await admin.aclose()
+    return (after - before) / len(names), value
+
+
+# ---------------------------------------------------------------- worker RSS
+
+
+async def worker_rss(bench: Bench, side: str, jobs: int) -> tuple[int, int]:
+    """The worker's resident bytes once idle, and after running `jobs` no-op jobs."""
+    kind = WORKER_KIND[side]
+    redis: ArqRedis = await create_pool(
+        RedisSettings.from_dsn(bench.redis_server.url),
+        job_serializer=serialize_job if side == "ours" else None,
+        job_deserializer=deserialize_job if side == "ours" else None,
+    )
+    await redis.flushdb()
+    worker = bench.spawn(kind, "throughput")
+    try:
+        await wait_for_worker(redis, worker)
+        await asyncio.sleep(SETTLE_SECONDS)
+        process = psutil.Process(worker.pid)
+        idle = process.memory_info().rss
+        await enqueue_many(redis, kind, jobs)
+        deadline = time.monotonic() + 600
+        while int(await redis.get(DONE_KEY) or 0) < jobs:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{side}: the worker did not finish {jobs} jobs")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(SETTLE_SECONDS)
+        busy = process.memory_info().rss
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        await redis.aclose()
+    return idle, busy
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def report(runs: dict[str, list[dict[str, float]]], count: int, jobs: int) -> dict[str, Any]:
+    columns = [
+        ("bytes_per_job", f"bytes/job ({count:,} deferred)", 1.0),
+        ("job_value_bytes", "serialized job bytes", 1.0),
+        ("idle_rss", "idle RSS MiB", MIB),
+        ("busy_rss", f"RSS after {jobs:,} jobs MiB", MIB),
+    ]
+    medians = {
+        side: {name: statistics.median(run[name] for run in side_runs) for name, _, _ in columns}
+        for side, side_runs in runs.items()
+    }
+    for name, title, unit in columns:
+        print(f"{'side':<6} {title:>28} {'ours ÷ side':>12}  runs")
+        for side in SIDES:
+            values = ", ".join(f"{run[name] / unit:.1f}" for run in runs[side])
+            print(
+                f"{side:<6} {medians[side][name] / unit:>28.1f} "
+                f"{medians['ours'][name] / medians[side][name]:>12.3f}  {values}"
+            )
+        print()
+    return medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=100_000, help="deferred jobs in Redis")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs each worker runs")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.start()
+        try:
+            for run in range(args.runs):
+                names = usernames(run, args.count)
+                # Alternate which side goes first, so neither always meets a warmer server.
+                for side in SIDES if run % 2 == 0 else SIDES[::-1]:
+                    per_job, value = asyncio.run(bytes_per_job(bench, side, names))
+                    idle, busy = asyncio.run(worker_rss(bench, side, args.jobs))
+                    runs[side].append(
+                        {
+                            "bytes_per_job": per_job,
+                            "job_value_bytes": value,
+                            "idle_rss": idle,
+                            "busy_rss": busy,
+                        }
+                    )
+        finally:
+            bench.stop()
+    medians = report(runs, args.count, args.jobs)
+    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.json").write_text(
+        json.dumps(
+            {
+                "count": args.count,
+                "jobs": args.jobs,
+                "load_average": load,
+                "runs": runs,
+                "medians": medians,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
