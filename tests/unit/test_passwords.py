@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from verimail_api.passwords import Passwords
+from verimail_api.passwords import Passwords, cores
 from verimail_api.schemas import CreateUserRequest, check_password, common_passwords, parse
 from verimail_shared.errors import InvalidArgument
 from verimail_shared.settings import Settings
@@ -68,3 +70,7 @@ async def test_passwords_are_compared_after_unicode_normalisation() -> None:
 def test_common_passwords_are_refused_in_upper_case_or_fullwidth(password: str) -> None:
     with pytest.raises(ValueError, match="too common"):
         check_password(password)
+
+
+def test_the_hashing_pool_has_one_thread_per_usable_core() -> None:
+    assert 1 <= cores() <= (os.cpu_count() or 1)

@@ -24,6 +24,7 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,  # keep the structlog configuration
+        access_log=False,  # RequestContextMiddleware logs every request, with its request id
         proxy_headers=False,
         server_header=False,  # no product name in answers (ASVS 14.3.3)
         timeout_graceful_shutdown=10,

@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from verimail_api import admin
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.headers import SecurityHeadersMiddleware
+from verimail_api.metrics import EventLoopLagSampler
 from verimail_api.middleware import RequestContextMiddleware
 from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
 from verimail_api.state import State
@@ -44,9 +45,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = State.open(settings)
         app.state.verimail = state
+        lag = EventLoopLagSampler()
+        lag.start()
         try:
             yield
         finally:
+            await lag.stop()
             await state.close()
 
     return Starlette(

@@ -19,19 +19,30 @@ def normalize(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+def cores() -> int:
+    """The CPUs this process may run on: a container's cpuset, not the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def hasher(settings: Settings) -> PasswordHasher:
+    """argon2id with the configured parameters."""
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+        type=Type.ID,
+    )
+
+
 class Passwords:
-    """Hashes on a thread pool sized to the cores: argon2 releases the GIL while it works."""
+    """Hashes on a thread pool of one thread per core: argon2 releases the GIL while it works,
+    and more threads than cores would only queue inside the kernel instead of here."""
 
     def __init__(self, settings: Settings) -> None:
-        self._hasher = PasswordHasher(
-            time_cost=settings.argon2_time_cost,
-            memory_cost=settings.argon2_memory_kib,
-            parallelism=settings.argon2_parallelism,
-            type=Type.ID,
-        )
-        self._pool = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1, thread_name_prefix="argon2"
-        )
+        self._hasher = hasher(settings)
+        self._pool = ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="argon2")
 
     async def hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from verimail_api.dispatched import DispatchedMarks
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
 from verimail_shared import outbox
@@ -44,6 +45,7 @@ class Signup:
     sessions: async_sessionmaker[AsyncSession]
     passwords: Passwords
     queue: TaskQueue
+    marks: DispatchedMarks
     max_tries: int
     defer_seconds: float
     mode: SignupEnqueue = SignupEnqueue.OUTBOX
@@ -105,14 +107,14 @@ class Signup:
         """Enqueue a committed outbox row now; on any failure the relay does it shortly."""
         try:
             await self.queue.enqueue(job)
-            async with transaction(self.sessions) as session:
-                await outbox.mark_dispatched(session, [loaded(job.id)])
         except Exception as exc:  # the user is committed: nothing here may fail the signup
             log.warning(
                 "outbox_dispatch_deferred",
                 job_id=job.job_id,
                 error=f"{type(exc).__name__}: {exc}",
             )
+            return
+        self.marks.add(loaded(job.id))
 
     async def verify_email(self, email_id: int, secret_code: str) -> None:
         """Use a verification code once: mark it used and the user verified, together."""

@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from verimail_api.dispatched import DispatchedMarks
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
 from verimail_api.ratelimit import Rate, RateLimiter, client_ip
@@ -90,10 +91,12 @@ class State:
         engine = db.create_engine(settings)
         redis = queue.connect(settings)
         passwords = Passwords(settings)
+        sessions = db.create_sessionmaker(engine)
         signup = Signup(
-            sessions=db.create_sessionmaker(engine),
+            sessions=sessions,
             passwords=passwords,
             queue=ArqTaskQueue(redis, settings.dependency_timeout_seconds),
+            marks=DispatchedMarks(sessions),
             max_tries=settings.verify_email_max_tries,
             defer_seconds=settings.verify_email_defer_seconds,
             mode=settings.signup_enqueue,
@@ -103,6 +106,7 @@ class State:
         )
 
     async def close(self) -> None:
+        await self.signup.marks.close()
         self.passwords.close()
         await self.redis.aclose(close_connection_pool=True)
         await self.engine.dispose()
