@@ -30,16 +30,17 @@ async def drain_rate(
 
 
 def print_ratio_table(
-    runs: dict[str, list[float]], reference: str, unit: str = "tasks/s"
+    runs: dict[str, list[float]], reference: str, unit: str = "tasks/s", digits: int = 0
 ) -> dict[str, float]:
-    """Print side, median, reference ÷ side and every run; return the medians."""
+    """Print side, median, reference ÷ side and every run (`digits` after the point); return
+    the medians."""
     medians = {side: statistics.median(values) for side, values in runs.items()}
     heading = f"{unit} (median)"
     print(f"{'side':<14} {heading:>18} {f'{reference} ÷ side':>13}  runs")
     for side, values in runs.items():
         ratio = medians[reference] / medians[side] if medians[side] else float("inf")
         print(
-            f"{side:<14} {medians[side]:>18.0f} {ratio:>13.2f}  "
-            + ", ".join(f"{v:.0f}" for v in values)
+            f"{side:<14} {medians[side]:>18.{digits}f} {ratio:>13.2f}  "
+            + ", ".join(f"{v:.{digits}f}" for v in values)
         )
     return medians
