@@ -41,6 +41,9 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware logs every request with its request id; uvicorn's access line would repeat it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The task runner logs every start, success and failure with job context; arq's own line
+    # per job start and finish would repeat them. Its warnings and errors still show.
+    logging.getLogger("arq.worker").setLevel(max(root.level, logging.WARNING))
 
     structlog.configure(
         processors=[

@@ -83,12 +83,12 @@ async def relay(
     return len(rows)
 
 
-async def mark_completed(sessions: async_sessionmaker[AsyncSession], job_id: str) -> None:
-    """The job is done (processed, or a dead letter): Redis no longer needs to hold it."""
+async def mark_completed(sessions: async_sessionmaker[AsyncSession], *job_ids: str) -> None:
+    """The jobs are done (processed, or dead letters): Redis no longer needs to hold them."""
     async with transaction(sessions) as session:
         await session.execute(
             update(OutboxTask)
-            .where(col(OutboxTask.job_id) == job_id, col(OutboxTask.completed_at).is_(None))
+            .where(col(OutboxTask.job_id).in_(job_ids), col(OutboxTask.completed_at).is_(None))
             .values(completed_at=datetime.now(UTC))
         )
 

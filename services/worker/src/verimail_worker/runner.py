@@ -8,7 +8,6 @@ after a backoff while tries remain and the error is transient, or fail for good.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import structlog
 from arq.worker import Function, Retry, func
 
-from verimail_shared import outbox
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
 from verimail_worker import deadletters
+from verimail_worker.completions import Completions
 from verimail_worker.metrics import (
     DURATION,
     FAILED,
@@ -49,6 +48,7 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
 
     async def run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         deps: Deps = ctx["deps"]
+        completions: Completions = ctx["completions"]
         queue = queue_of_key(current_queue_key())
         job = Job(id=ctx["job_id"], try_=ctx["job_try"])
         labels = (task.value, queue)
@@ -67,9 +67,9 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
                     raise PermanentError(f"max tries ({parsed.max_tries}) exhausted")
                 async with asyncio.timeout(timeout):
                     await handler(deps, parsed, job)
-                    await outbox.mark_completed(deps.sessions, job.id)
+                completions.add(job.id)
             except Exception as exc:
-                outcome = await handle_failure(deps, task, queue, job, payload, exc)
+                outcome = await handle_failure(deps, completions, task, queue, job, payload, exc)
                 if outcome is exc:
                     raise
                 raise outcome from exc
@@ -88,7 +88,13 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
 
 
 async def handle_failure(
-    deps: Deps, task: TaskName, queue: str, job: Job, payload: Any, exc: Exception
+    deps: Deps,
+    completions: Completions,
+    task: TaskName,
+    queue: str,
+    job: Job,
+    payload: Any,
+    exc: Exception,
 ) -> Exception:
     """Log a failed attempt and return what arq should see: `Retry`, or the error itself.
 
@@ -129,8 +135,7 @@ async def handle_failure(
             log.error("dead_letter_not_stored", error=f"{type(store_exc).__name__}: {store_exc}")
         else:
             FAILED.labels(task.value, queue).inc()
-            with contextlib.suppress(Exception):  # only spares the reconciler a look
-                await outbox.mark_completed(deps.sessions, job.id)
+            completions.add(job.id)
             return exc
     RETRIED.labels(task.value, queue).inc()
     return Retry(defer=retry_in)

@@ -13,7 +13,6 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
-from verimail_shared import db
 from verimail_shared.jobs import (
     WAKEUP_CHANNEL,
     TaskName,
@@ -25,7 +24,7 @@ from verimail_shared.jobs import (
 from verimail_shared.queue import connect, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
-from verimail_worker.mailer import Mailer
+from verimail_worker.completions import Completions
 from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
@@ -91,9 +90,10 @@ def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
     """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        engine = db.create_engine(settings)
-        deps = Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        deps = Deps.open(settings)
         ctx["deps"] = deps
+        ctx["completions"] = Completions(deps.sessions)
+        ctx["completions"].start()
         ctx["relay"] = asyncio.create_task(run_relay(settings, deps.sessions, ctx["redis"]))
         metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
@@ -104,9 +104,12 @@ def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
+        completions: Completions | None = ctx.get("completions")
+        if completions is not None:
+            await completions.close()
         deps: Deps | None = ctx.get("deps")
         if deps is not None:
-            await deps.engine.dispose()
+            await deps.close()
         log.info("worker_stopped")
 
     timeout = settings.worker_job_timeout_seconds
