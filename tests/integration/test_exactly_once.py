@@ -16,7 +16,6 @@ from verimail_shared import db, outbox
 from verimail_shared.jobs import Queue, SendVerifyEmailPayload, TaskName, queue_key
 from verimail_shared.settings import Settings
 from verimail_shared.tables import OutboxTask
-from verimail_worker.mailer import Mailer
 from verimail_worker.tasks import Deps, Job, send_verify_email
 
 
@@ -27,22 +26,17 @@ async def signed_up(settings: Settings) -> dict[str, str]:
     return body
 
 
-def deps_for(settings: Settings) -> Deps:
-    engine = db.create_engine(settings)
-    return Deps(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
-
-
 async def test_a_rerun_of_a_job_whose_email_was_sent_sends_nothing(
     settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
 ) -> None:
     body = await signed_up(settings)
-    deps = deps_for(settings)
+    deps = Deps.open(settings)
     payload = SendVerifyEmailPayload(username=body["username"], max_tries=3)
     job = Job(id=uuid.uuid4().hex, try_=1)
     await send_verify_email(deps, payload, job)
     with structlog.testing.capture_logs() as logs:
         await send_verify_email(deps, payload, Job(id=job.id, try_=2))
-    await deps.engine.dispose()
+    await deps.close()
     assert len(smtp_server.to(body["email"])) == 1
     assert [e["reason"] for e in logs if e["event"] == "verify_email_skipped"] == ["already_sent"]
 
@@ -52,11 +46,11 @@ async def test_concurrent_runs_of_one_job_send_one_email_with_a_working_code(
 ) -> None:
     smtp_server.inbox.rcpt_delay = 0.2
     body = await signed_up(settings)
-    deps = deps_for(settings)
+    deps = Deps.open(settings)
     payload = SendVerifyEmailPayload(username=body["username"], max_tries=3)
     job_id = uuid.uuid4().hex
     await asyncio.gather(*(send_verify_email(deps, payload, Job(job_id, n)) for n in (1, 2, 3)))
-    await deps.engine.dispose()
+    await deps.close()
     assert len(smtp_server.to(body["email"])) == 1
     link = smtp_server.link_to(body["email"])
     async with api_client(settings) as client:

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from verimail_shared import db
 from verimail_shared.codes import hash_code, new_code
-from verimail_shared.db import transaction
 from verimail_shared.errors import PermanentError, TransientError
 from verimail_shared.jobs import SendVerifyEmailPayload
 from verimail_shared.settings import Settings, SignupEnqueue
-from verimail_shared.tables import User, VerifyEmail, loaded
+from verimail_shared.tables import User, VerifyEmail
 from verimail_worker.mailer import Mailer, VerifyEmailLetter, render
 
 log = structlog.get_logger(__name__)
@@ -29,6 +28,16 @@ class Deps:
     sessions: async_sessionmaker[AsyncSession]
     mailer: Mailer
 
+    @classmethod
+    def open(cls, settings: Settings) -> Deps:
+        """The database engine and the SMTP pool; both connect on first use."""
+        engine = db.create_engine(settings)
+        return cls(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+
+    async def close(self) -> None:
+        await self.mailer.close()
+        await self.engine.dispose()
+
 
 @dataclass(frozen=True)
 class Job:
@@ -39,79 +48,57 @@ class Job:
 async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Job) -> None:
     """Email the user a link with a fresh single-use code, once per job however often it runs.
 
-    The job's `verify_emails` row records that its email went out (`sent_at`). The row is
-    marked in a transaction opened before the message is sent and committed the moment the
-    SMTP server accepts it, so only a crash inside that one round trip can send twice; see
-    docs/decisions/006.
+    One transaction does it all: it writes the job's `verify_emails` row with a new code and
+    its sent marker (`sent_at`), which locks the row, sends the message, and commits the moment
+    the SMTP server accepts it. A second run of the job waits on the lock and then finds the
+    row sent; a failed send rolls the marker back for the retry. Only a crash inside the one
+    round trip between the server's 250 and the COMMIT can send twice; see docs/decisions/006.
     """
-    letter = await _prepare(deps, payload, job)
-    if letter is None:
-        return
-    async with deps.mailer.connect() as smtp, transaction(deps.sessions) as session:
-        marked = await session.execute(
-            update(VerifyEmail)
-            .where(
-                col(VerifyEmail.id) == letter.email_id,
-                col(VerifyEmail.sent_at).is_(None),
-                # A later run of this job may have replaced the code; then that run sends.
-                col(VerifyEmail.secret_code_hash) == hash_code(letter.secret_code),
-            )
-            .values(sent_at=datetime.now(UTC))
-        )
-        if not getattr(marked, "rowcount", 0):
-            log.info("verify_email_skipped", reason="another_run_sends")
+    async with db.transaction(deps.sessions) as session:
+        letter = await _claim(session, deps.settings, payload, job)
+        if letter is None:
             return
-        await smtp.send_message(render(letter, deps.settings))
-        # Leaving the block commits first, then says QUIT: nothing sits between 250 and COMMIT.
+        await deps.mailer.send(render(letter, deps.settings))
+        # Leaving the block commits: nothing sits between the server's 250 and the COMMIT.
     log.info("verify_email_sent", email_id=letter.email_id)
 
 
-async def _prepare(
-    deps: Deps, payload: SendVerifyEmailPayload, job: Job
+async def _claim(
+    session: AsyncSession, settings: Settings, payload: SendVerifyEmailPayload, job: Job
 ) -> VerifyEmailLetter | None:
-    """Find or create this job's verify_emails row with a new code; None if nothing to send."""
+    """Mark this job's verify_emails row sent, with a new code; None if nothing is to be sent."""
+    user = await session.get(User, payload.username)
+    if user is None:
+        raise _missing_user(settings, payload, job)
+    if user.is_email_verified:
+        log.info("verify_email_skipped", reason="already_verified")
+        return None
     now = datetime.now(UTC)
     code = new_code()  # new on every try: an earlier try's email may never have gone out
-    expires = now + timedelta(minutes=deps.settings.verify_email_ttl_minutes)
-    async with transaction(deps.sessions) as session:
-        user = await session.get(User, payload.username)
-        if user is None:
-            raise _missing_user(deps.settings, payload, job)
-        # One row per job, whoever gets here first; then lock it, so that a second run of the
-        # job waits here until the first has finished, and sees what it did.
-        await session.execute(
-            insert(VerifyEmail)
-            .values(
-                username=user.username,
-                email=user.email,
-                job_id=job.id,
-                secret_code_hash=hash_code(code),
-                expired_at=expires,
-            )
-            .on_conflict_do_nothing(index_elements=["job_id"])
+    expires = now + timedelta(minutes=settings.verify_email_ttl_minutes)
+    fields = {"secret_code_hash": hash_code(code), "expired_at": expires, "sent_at": now}
+    # One row per job, whoever gets here first, locked until this transaction ends: a second
+    # run of the job waits here, then finds the row sent (nothing updated, nothing returned),
+    # or rolled back and free to claim.
+    email_id = await session.scalar(
+        insert(VerifyEmail)
+        .values(username=user.username, email=user.email, job_id=job.id, **fields)
+        .on_conflict_do_update(
+            index_elements=["job_id"], set_=fields, where=col(VerifyEmail.sent_at).is_(None)
         )
-        row = await session.scalar(
-            select(VerifyEmail).where(col(VerifyEmail.job_id) == job.id).with_for_update()
-        )
-        if row is None:
-            raise TransientError(f"verification row of job {job.id} vanished")
-        if row.sent_at is not None:
-            log.info("verify_email_skipped", reason="already_sent", email_id=row.id)
-            return None
-        if user.is_email_verified:
-            log.info("verify_email_skipped", reason="already_verified")
-            return None
-        row.secret_code_hash = hash_code(code)
-        row.expired_at = expires
-        await session.flush()
-        return VerifyEmailLetter(
-            to=user.email,
-            full_name=user.full_name,
-            email_id=loaded(row.id),
-            secret_code=code,
-            expires_at=expires,
-            job_id=job.id,
-        )
+        .returning(col(VerifyEmail.id))
+    )
+    if email_id is None:
+        log.info("verify_email_skipped", reason="already_sent")
+        return None
+    return VerifyEmailLetter(
+        to=user.email,
+        full_name=user.full_name,
+        email_id=email_id,
+        secret_code=code,
+        expires_at=expires,
+        job_id=job.id,
+    )
 
 
 def _missing_user(settings: Settings, payload: SendVerifyEmailPayload, job: Job) -> Exception:

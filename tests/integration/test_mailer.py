@@ -1,0 +1,161 @@
+"""The mailer's connection pool against a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from verimail_shared.embedded import free_port
+from verimail_shared.settings import Settings
+from verimail_worker.mailer import Mailer
+
+
+@dataclass
+class Recorder:
+    """Keeps each message's recipient with the client port it came from, and QUITs; can hang
+    up on a client instead of answering its next MAIL."""
+
+    received: list[tuple[str, int]] = field(default_factory=list)
+    quits: int = 0
+    hang_up_on_next_mail: bool = False
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.hang_up_on_next_mail:
+            self.hang_up_on_next_mail = False
+            assert server.transport is not None
+            server.transport.close()  # no reply: the client finds the connection gone
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        port = session.peer[1] if isinstance(session.peer, tuple) else 0
+        self.received.extend((address, port) for address in envelope.rcpt_tos)
+        return "250 Message accepted for delivery"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
+
+    def ports(self) -> set[int]:
+        return {port for _, port in self.received}
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+class Server:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.port = free_port()
+        self._controller = self._start()
+
+    def _start(self) -> Controller:
+        controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port)
+        controller.start()
+        return controller
+
+    def restart(self) -> None:
+        """Stop, hanging up on every client, and start again on the same port."""
+        self._controller.stop()
+        self._controller = self._start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+@pytest.fixture
+def server(recorder: Recorder) -> Iterator[Server]:
+    server = Server(recorder)
+    yield server
+    server.stop()
+
+
+def mailer_for(server: Server, size: int = 10) -> Mailer:
+    settings = Settings(_env_file=None, smtp_host="127.0.0.1", smtp_port=server.port)  # type: ignore[call-arg]
+    return Mailer(settings, size=size)
+
+
+def message(to: str) -> EmailMessage:
+    email = EmailMessage()
+    email["From"] = "no-reply@verimail.example"
+    email["To"] = to
+    email["Subject"] = "Verify your email address"
+    email.set_content("hello")
+    return email
+
+
+async def test_one_connection_carries_one_email_after_another(
+    server: Server, recorder: Recorder
+) -> None:
+    mailer = mailer_for(server)
+    for n in range(5):
+        await mailer.send(message(f"user{n}@example.com"))
+    await mailer.close()
+    assert [address for address, _ in recorder.received] == [
+        f"user{n}@example.com" for n in range(5)
+    ]
+    assert len(recorder.ports()) == 1
+    assert recorder.quits == 1
+
+
+async def test_concurrent_sends_use_at_most_size_connections(
+    server: Server, recorder: Recorder
+) -> None:
+    mailer = mailer_for(server, size=3)
+    await asyncio.gather(*(mailer.send(message(f"user{n}@example.com")) for n in range(30)))
+    await mailer.close()
+    assert len(recorder.received) == 30
+    assert len(recorder.ports()) <= 3
+
+
+async def test_a_connection_the_server_closed_is_replaced(
+    server: Server, recorder: Recorder
+) -> None:
+    mailer = mailer_for(server)
+    await mailer.send(message("first@example.com"))
+    server.restart()
+    await mailer.send(message("second@example.com"))
+    await mailer.close()
+    assert [address for address, _ in recorder.received] == [
+        "first@example.com",
+        "second@example.com",
+    ]
+    assert len(recorder.ports()) == 2
+
+
+async def test_a_reused_connection_dropped_mid_send_is_replaced_and_the_email_sent(
+    server: Server, recorder: Recorder
+) -> None:
+    mailer = mailer_for(server)
+    await mailer.send(message("first@example.com"))
+    recorder.hang_up_on_next_mail = True
+    await mailer.send(message("second@example.com"))
+    await mailer.close()
+    assert [address for address, _ in recorder.received] == [
+        "first@example.com",
+        "second@example.com",
+    ]
+    assert len(recorder.ports()) == 2
+
+
+async def test_a_new_connection_dropped_mid_send_fails_the_send(
+    server: Server, recorder: Recorder
+) -> None:
+    mailer = mailer_for(server)
+    recorder.hang_up_on_next_mail = True
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await mailer.send(message("first@example.com"))
+    await mailer.send(message("second@example.com"))  # the broken connection is not reused
+    await mailer.close()
+    assert [address for address, _ in recorder.received] == ["second@example.com"]
