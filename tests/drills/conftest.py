@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import make_settings
 from tests.support.polling import eventually
@@ -37,6 +38,7 @@ class Stack:
         self.redis_server = EmbeddedRedis(root / "redis", appendonly=True)
         self.overrides = overrides
         self.workers: list[Service] = []
+        self.metrics_urls: dict[Service, str] = {}
         self.users: list[dict[str, str]] = []
         self.settings: Settings
         self.client: httpx.AsyncClient
@@ -82,9 +84,21 @@ class Stack:
 
     def start_worker(self) -> Service:
         log = self.root / f"worker-{len(self.workers) + 1}.log"
-        worker = Service("verimail-worker", self.env(), log)
+        env = self.env()
+        worker = Service("verimail-worker", env, log)
         self.workers.append(worker)
+        self.metrics_urls[worker] = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
         return worker
+
+    async def metric(self, worker: Service, name: str, **labels: str) -> float:
+        """One sample from the worker's /metrics; a series it does not export fails."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(self.metrics_urls[worker])
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        raise AssertionError(f"{name}{labels} is not in the worker's /metrics")
 
     async def sign_up(self, count: int, **fields: str) -> list[dict[str, str]]:
         bodies = [new_user(**fields) for _ in range(count)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.drills.conftest import ADMIN_TOKEN, Stack
 from tests.support.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CLAIMED_JOB_START_SLACK = timedelta(seconds=0.25)
 
 
 async def settled(stack: Stack, quiet: float = 0.5) -> None:
@@ -49,14 +51,15 @@ async def test_jobs_redis_loses_after_dispatch_are_found_and_sent_once(stack: St
 
 
 async def test_postgres_stopped_while_tasks_are_due_then_started(stack: Stack) -> None:
-    stack.start_worker()
-    await stack.sign_up(5)
+    await stack.sign_up(5)  # due at once, but no worker runs them until PostgreSQL is down
     await asyncio.to_thread(stack.postgres.stop)
+    stack.start_worker()
     await eventually(
         lambda: len(stack.failures()) >= 2,
         timeout=30,
         message="no failed attempt while PostgreSQL was down",
     )
+    assert stack.delivered() == {}
     await asyncio.to_thread(stack.postgres.start)
     await stack.assert_one_email_per_signup()
     failure = stack.failures()[0]
@@ -87,7 +90,7 @@ async def test_smtp_421_for_a_while_is_retried_with_backoff_and_delivered_once(
 
 
 async def test_smtp_550_is_a_dead_letter_at_once_and_requeued_after_the_fix(stack: Stack) -> None:
-    stack.start_worker()
+    worker = stack.start_worker()
     (refused,) = await stack.sign_up(1)
     stack.smtp.inbox.refuse[refused["email"]] = "550 5.1.1 no such mailbox"
     stack.users.clear()
@@ -106,6 +109,9 @@ async def test_smtp_550_is_a_dead_letter_at_once_and_requeued_after_the_fix(stac
     assert len(failed) == 1 and failed[0]["permanent"] is True
     queues = (await stack.client.get("/v1/admin/queues", headers=ADMIN)).json()["queues"]
     assert {q["name"]: q["dead"] for q in queues}["critical"] == 1
+    series = {"queue": "critical", "task": "send_verify_email"}
+    assert await stack.metric(worker, "verimail_worker_tasks_failed_total", **series) == 1
+    assert await stack.metric(worker, "verimail_worker_tasks_retried_total", **series) == 0
 
     del stack.smtp.inbox.refuse[refused["email"]]
     retried = await stack.client.post(f"/v1/admin/dead_tasks/{dead['id']}/retry", headers=ADMIN)
@@ -140,11 +146,16 @@ async def test_sigterm_mid_batch_finishes_in_flight_jobs_and_the_rest_run_on_the
     stack: Stack,
 ) -> None:
     stack.smtp.inbox.rcpt_delay = 0.2
+    await stack.sign_up(40)  # before the worker: however slow signups are, the batch is whole
     first = stack.start_worker()
-    await stack.sign_up(40)
     await eventually(lambda: len(stack.delivered()) >= 5, timeout=30)
+    sigterm_at = datetime.now(UTC)
     code = await asyncio.to_thread(first.stop, signal.SIGTERM, 30)
     assert code == 0
+    # No job starts after SIGTERM. One claimed just before the signal reached the worker logs
+    # its start a moment later (delivery, a Redis round trip): the slack; no more than that.
+    starts = [datetime.fromisoformat(line["timestamp"]) for line in first.events("task_started")]
+    assert max(starts) <= sigterm_at + CLAIMED_JOB_START_SLACK, "a job started after SIGTERM"
     started = {line["job_id"] for line in first.events("task_started")}
     finished = {line["job_id"] for line in first.events("task_processed")}
     assert started == finished, "a job in flight at SIGTERM did not finish"
@@ -196,6 +207,13 @@ async def test_a_signup_whose_transaction_fails_after_the_enqueue_point_sends_no
         (phantom,) = dead
         assert phantom["payload"]["username"] == "doomed_signup"
         assert "never committed" in phantom["last_error"]
+        assert phantom["tries"] == 3  # verify_email_max_tries
+        tries = [
+            (f["job_try"], f["permanent"])
+            for f in stack.failures()
+            if f["payload"]["username"] == "doomed_signup"
+        ]
+        assert sorted(tries) == [(1, False), (2, False), (3, True)]
 
 
 @pytest.mark.parametrize("stack", [{"worker_shutdown_grace_seconds": 1}], indirect=True)
