@@ -113,3 +113,31 @@ def test_worker_check_is_healthy_only_while_the_worker_runs(system: dict[str, ob
     worker: Service = system["worker"]  # type: ignore[assignment]
     assert worker.stop() == 0
     assert check() == 1
+
+
+async def test_api_metrics_port_serves_metrics_there_and_the_api_port_answers_404(
+    settings: Settings, redis: ArqRedis, tmp_path: Path
+) -> None:
+    metrics_host = "127.0.0.2"  # loopback, but not the default: the setting is what binds it
+    api_port, metrics_port = free_port(), free_port(metrics_host)
+    env = system_env(
+        settings,
+        api_port,
+        free_port(),
+        API_METRICS_PORT=str(metrics_port),
+        API_METRICS_HOST=metrics_host,
+    )
+    api = Service("verimail-api", env, tmp_path / "api.log")
+    try:
+        wait_for_port(api_port, 30)
+        wait_for_port(metrics_port, 30, metrics_host)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
+            assert (await client.post("/v1/create_user", json=new_user())).status_code == 200
+            on_api_port = await client.get("/metrics")
+            scraped = await client.get(f"http://{metrics_host}:{metrics_port}/metrics")
+    finally:
+        api.stop()
+    assert on_api_port.status_code == 404
+    assert scraped.status_code == 200
+    labels = {"route": "/v1/create_user", "status": "200"}
+    assert metric(scraped.text, "verimail_api_requests_total", labels) == 1
