@@ -47,7 +47,7 @@ OUTBOX_LOST = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "verimail_queue_depth",
-    "Jobs waiting in a queue: `ready` are due now, `deferred` later.",
+    "Jobs waiting in a queue: `ready` are due now and not running, `deferred` due later.",
     ["queue", "state"],
 )
 

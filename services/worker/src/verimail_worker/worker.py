@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from verimail_shared.jobs import (
@@ -21,7 +21,7 @@ from verimail_shared.jobs import (
     queue_of_key,
     serialize_job,
 )
-from verimail_shared.queue import connect, redis_settings
+from verimail_shared.queue import connect, queue_counts, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
 from verimail_worker.completions import Completions
@@ -62,17 +62,12 @@ class VerimailWorker(WeightedWorker):
             await record_dead_tasks(self.ctx["deps"])
 
 
-async def record_queue_depth(redis: ArqRedis, keys: dict[str, int]) -> None:
-    now = timestamp_ms()
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.zcount(key, "-inf", now)
-            pipe.zcount(key, f"({now}", "+inf")
-        counts = await pipe.execute()
-    for index, key in enumerate(keys):
-        queue = queue_of_key(key)
-        metrics.QUEUE_DEPTH.labels(queue, "ready").set(counts[2 * index])
-        metrics.QUEUE_DEPTH.labels(queue, "deferred").set(counts[2 * index + 1])
+async def record_queue_depth(redis: ArqRedis, keys: Iterable[str]) -> None:
+    """Ready (due, not running), and deferred jobs per queue, as the admin route counts them."""
+    counts = await queue_counts(redis, [queue_of_key(key) for key in keys])
+    for name, count in counts.items():
+        metrics.QUEUE_DEPTH.labels(name, "ready").set(count.ready)
+        metrics.QUEUE_DEPTH.labels(name, "deferred").set(count.deferred)
 
 
 async def record_dead_tasks(deps: Deps) -> None:
