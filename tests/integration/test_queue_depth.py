@@ -33,8 +33,10 @@ async def test_running_jobs_are_not_counted_as_ready(settings: Settings, redis: 
         await redis.enqueue_job("hold", {}, _queue_name=key)
     await redis.enqueue_job("hold", {}, _queue_name=key, _defer_by=3600)
     async with running_worker(settings, functions=[func(hold, name="hold")], max_jobs=2):
-        await eventually(lambda: len(running) == 2)
-        await record_queue_depth(redis, [key])
-        assert (depth("critical", "ready"), depth("critical", "deferred")) == (3, 1)
-        release.set()
+        try:
+            await eventually(lambda: len(running) == 2)
+            await record_queue_depth(redis, [key])
+        finally:
+            release.set()
+    assert (depth("critical", "ready"), depth("critical", "deferred")) == (3, 1)
     await redis.delete(key)
