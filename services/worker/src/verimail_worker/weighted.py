@@ -168,7 +168,7 @@ class WeightedWorker(Worker):
             later = next((score for _, score in pairs if score > now), None)
             if later is not None and (self._next_due_ms is None or later < self._next_due_ms):
                 self._next_due_ms = later
-        while ready and self.job_counter < self.max_jobs:
+        while ready and self.allow_pick_jobs and self.job_counter < self.max_jobs:
             picks: list[tuple[tuple[str, ...], str, bytes]] = []
             while ready and len(picks) < self.max_jobs - self.job_counter:
                 candidates = tuple(ready)
