@@ -149,7 +149,7 @@ async def measure(
                 TaskName.SEND_VERIFY_EMAIL,
                 {"username": "u", "max_tries": 1, "request_id": repr(due_ms)},
                 job_id=f"late-{n}",
-                defer_until=due,
+                defer_by=due_ms / 1000 - time.time(),
             )
         else:
             await redis.enqueue_job(

@@ -39,9 +39,11 @@ def new_task(task: TaskName, payload: TaskPayload, defer_seconds: float) -> Outb
 
 
 async def enqueue(redis: ArqRedis, row: OutboxTask) -> bool:
-    """Enqueue the row's job, due at the row's due time (so a late relay does not add delay)."""
+    """Enqueue the row's job with `_defer_by` the time left until the row's due time, so that
+    a late relay adds no delay of its own."""
+    left = (row.due_at - datetime.now(UTC)).total_seconds()
     return await queue.enqueue(
-        redis, TaskName(row.task), row.payload, job_id=row.job_id, defer_until=row.due_at
+        redis, TaskName(row.task), row.payload, job_id=row.job_id, defer_by=max(left, 0)
     )
 
 

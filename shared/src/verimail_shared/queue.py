@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
@@ -77,7 +77,6 @@ async def enqueue(
     *,
     job_id: str,
     defer_by: float = 0,
-    defer_until: datetime | None = None,
 ) -> bool:
     """Put a task on its queue under `job_id`; False if a job with that id exists already
     (queued, running, or finished within arq's result retention), which makes it idempotent."""
@@ -87,7 +86,6 @@ async def enqueue(
         _job_id=job_id,
         _queue_name=queue_key(TASK_QUEUES[task]),
         _defer_by=timedelta(seconds=defer_by) if defer_by else None,
-        _defer_until=defer_until,
     )
     if job is not None:
         await redis.publish(WAKEUP_CHANNEL, TASK_QUEUES[task].value)
