@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from arq.connections import ArqRedis
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tests.support.services import api_client
 from tests.support.users import new_user
+from verimail_api.app import create_app
 from verimail_shared.settings import Settings
 
 HTML = {"Accept": "text/html"}
@@ -176,3 +180,23 @@ async def test_non_ascii_digits_in_the_admin_limit_are_400(
         )
     assert answer.status_code == 400, answer.text
     assert answer.json()["code"] == 3
+
+
+async def test_a_bug_is_a_500_in_the_error_shape_with_every_header(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    app = create_app(settings)
+    app.add_route("/boom", boom)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            answer = await client.get("/boom", headers={"X-Request-ID": "bug-1"})
+    assert answer.status_code == 500
+    assert answer.json() == {"code": 13, "message": "internal error", "details": []}
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["x-request-id"] == "bug-1"
+    assert "a bug" not in answer.text

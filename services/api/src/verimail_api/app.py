@@ -15,7 +15,7 @@ from verimail_api import admin
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.headers import SecurityHeadersMiddleware
 from verimail_api.metrics import EventLoopLagSampler
-from verimail_api.middleware import RequestContextMiddleware
+from verimail_api.middleware import RequestContextMiddleware, UnexpectedErrorMiddleware
 from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
@@ -35,7 +35,7 @@ def middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    return stack
+    return [*stack, Middleware(UnexpectedErrorMiddleware)]  # innermost
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             VerimailError: handle_exception,
             DBAPIError: handle_exception,
             **dict.fromkeys(DEPENDENCY_ERRORS, handle_exception),
-            # Anything else is a bug: a 500 in the same shape, logged by the server too.
+            # A bug in the middleware itself; UnexpectedErrorMiddleware answers the rest.
             Exception: handle_exception,
         },
         lifespan=lifespan,

@@ -10,6 +10,7 @@ import structlog
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from verimail_api.errors import error_response
 from verimail_api.metrics import REQUEST_DURATION, REQUESTS
 
 log = structlog.get_logger("verimail_api.access")
@@ -55,6 +56,33 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception no handler took with the 500 in the error shape, inside the other
+    middleware, so that it carries the request id and the security headers like every answer.
+    (Starlette's own handler for `Exception` sits outside all middleware.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:  # too late for another answer: let the server close the connection
+                raise
+            await error_response(exc)(scope, receive, send)
 
 
 def current_request_id() -> str | None:
