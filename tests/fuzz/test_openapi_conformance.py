@@ -1,5 +1,6 @@
 """Schemathesis against the running API, from the OpenAPI document it serves.
 
+The cases come from the document the API serves (a test checks they are the same).
 Several hundred generated cases per operation, derandomized so that CI sees the same cases
 every run: no 5xx, and every status, content type, header and body conforms to the document.
 """
@@ -80,3 +81,9 @@ def test_no_server_errors_and_every_response_conforms(
 ) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if "/admin/" in case.path else None
     case.call_and_validate(base_url=api_url, session=session, headers=headers, checks=CHECKS)
+
+
+def test_the_fuzzed_document_is_the_one_the_api_serves(
+    api_url: str, session: requests.Session
+) -> None:
+    assert session.get(f"{api_url}/openapi.json", timeout=10).json() == DOCUMENT

@@ -13,8 +13,9 @@ from importlib.resources import files
 from typing import Any, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from verimail_api.passwords import normalize
 from verimail_shared.errors import FieldViolation, InvalidArgument
@@ -81,11 +82,18 @@ class Request(BaseModel):
     )
 
 
+# What the validators below check, for the OpenAPI document (they give the error messages).
+USERNAME_SCHEMA: JsonDict = {"minLength": 3, "maxLength": 100, "pattern": "^[a-z0-9_]+$"}
+FULL_NAME_SCHEMA: JsonDict = {"minLength": 3, "maxLength": 100}
+EMAIL_SCHEMA: JsonDict = {"format": "email", "maxLength": 200}
+PASSWORD_SCHEMA: JsonDict = {"minLength": 8, "maxLength": 64}
+
+
 class CreateUserRequest(Request):
-    username: str
-    full_name: str
-    email: str
-    password: str
+    username: str = Field(json_schema_extra=USERNAME_SCHEMA)
+    full_name: str = Field(json_schema_extra=FULL_NAME_SCHEMA)
+    email: str = Field(json_schema_extra=EMAIL_SCHEMA)
+    password: str = Field(json_schema_extra=PASSWORD_SCHEMA)
 
     _username = field_validator("username")(check_username)
     _full_name = field_validator("full_name")(check_full_name)
@@ -98,7 +106,7 @@ class CreateUserRequest(Request):
 
 
 class ResendVerifyEmailRequest(Request):
-    email: str
+    email: str = Field(json_schema_extra=EMAIL_SCHEMA)
 
     _email = field_validator("email")(check_email)
 
