@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from urllib.parse import urlencode
@@ -20,6 +21,23 @@ from verimail_shared.settings import Settings, SmtpTls
 MAX_MESSAGES_PER_CONNECTION = 100
 IDLE_CHECK_SECONDS = 30.0
 
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard header classes, each made once: HeaderRegistry makes a new class on every
+    header set, which was a fifth of the CPU time of rendering a message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        if key not in self._made:
+            self._made[key] = super().__getitem__(name)
+        return self._made[key]
+
+
+_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 _templates = Environment(
     loader=PackageLoader("verimail_worker", "templates"),
     autoescape=select_autoescape(["html"]),
@@ -51,7 +69,7 @@ def render(letter: VerifyEmailLetter, settings: Settings) -> EmailMessage:
         "link": link,
         "expires_at": f"{letter.expires_at:%Y-%m-%d %H:%M} UTC",
     }
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["From"] = settings.email_sender
     message["To"] = letter.to
     message["Subject"] = "Verify your email address"
