@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+import threading
 
 import pytest
 
@@ -74,3 +77,14 @@ def test_common_passwords_are_refused_in_upper_case_or_fullwidth(password: str) 
 
 def test_the_hashing_pool_has_one_thread_per_usable_core() -> None:
     assert 1 <= cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+async def test_hashing_threads_run_below_the_event_loop_priority() -> None:
+    passwords = Passwords(settings())
+    try:
+        loop = asyncio.get_running_loop()
+        niceness = await loop.run_in_executor(passwords._pool, os.getpriority, os.PRIO_PROCESS, 0)
+    finally:
+        passwords.close()
+    assert niceness > os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
