@@ -106,26 +106,35 @@ class QueueCounts:
     in_progress: int
 
 
+# Per queue: jobs due now, jobs due later, and how many of the oldest due jobs are running
+# (arq keeps a running job in its queue, marked by an in-progress key). Workers take jobs
+# oldest first, so running jobs are among the oldest due; looking at ARGV[3] of them bounds the
+# cost however long the backlog is. KEYS are the queues; ARGV: now (ms), the in-progress key
+# prefix, how many due jobs to look at.
+COUNT_QUEUES = """
+local now, prefix, look = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local result = {}
+for i, key in ipairs(KEYS) do
+  local running = 0
+  for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, look)) do
+    running = running + redis.call('EXISTS', prefix .. job_id)
+  end
+  local due = redis.call('ZCOUNT', key, '-inf', now)
+  result[i] = {due, redis.call('ZCARD', key) - due, running}
+end
+return result
+"""
+RUNNING_LOOKUP_LIMIT = 1000
+
+
 async def queue_counts(redis: ArqRedis, queues: list[str]) -> dict[str, QueueCounts]:
-    """Jobs per queue: due now and waiting, due later, and running (arq keeps running jobs in
-    the queue until they finish, marked by an in-progress key)."""
-    now = timestamp_ms()
-    running = [
-        key.decode().removeprefix(in_progress_key_prefix)
-        async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)
-    ]
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in queues:
-            pipe.zcount(queue_key(name), "-inf", now)
-            pipe.zcount(queue_key(name), f"({now}", "+inf")
-            for job_id in running:
-                pipe.zscore(queue_key(name), job_id)
-        results = iter(await pipe.execute())
-    counts = {}
-    for name in queues:
-        due, later = next(results), next(results)
-        in_progress = sum(score is not None for score in (next(results) for _ in running))
-        counts[name] = QueueCounts(
-            ready=max(due - in_progress, 0), deferred=later, in_progress=in_progress
-        )
-    return counts
+    """Jobs per queue: due now and waiting, due later, and running; one round trip."""
+    count = redis.register_script(COUNT_QUEUES)  # EVALSHA: the script is sent once
+    rows = await count(
+        keys=[queue_key(name) for name in queues],
+        args=[timestamp_ms(), in_progress_key_prefix, RUNNING_LOOKUP_LIMIT],
+    )
+    return {
+        name: QueueCounts(ready=due - running, deferred=later, in_progress=running)
+        for name, (due, later, running) in zip(queues, rows, strict=True)
+    }

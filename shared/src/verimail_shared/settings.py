@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"critical": 10, "default": 5}
     )
     worker_max_jobs: int = Field(default=10, ge=1)
-    worker_poll_delay_seconds: float = Field(default=0.5, gt=0)
+    worker_poll_delay_seconds: float = Field(default=5.0, gt=0)
     worker_job_timeout_seconds: float = Field(default=30.0, gt=0)
     worker_shutdown_grace_seconds: int = Field(default=20, ge=0)
     worker_health_check_interval_seconds: int = Field(default=10, ge=1)
