@@ -151,7 +151,12 @@ class Mailer:
     async def _checkout(self) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
-            if await self._usable(connection):
+            try:
+                usable = await self._usable(connection)
+            except BaseException:  # cancelled mid-check: out of the pool, so closed here
+                connection.smtp.close()
+                raise
+            if usable:
                 return connection
         return _Connection(await self._connect())
 

@@ -51,8 +51,8 @@ async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Jo
     One transaction does it all: it writes the job's `verify_emails` row with a new code and
     its sent marker (`sent_at`), which locks the row, sends the message, and commits the moment
     the SMTP server accepts it. A second run of the job waits on the lock and then finds the
-    row sent; a failed send rolls the marker back for the retry. Only a crash inside the one
-    round trip between the server's 250 and the COMMIT can send twice; see docs/decisions/006.
+    row sent; a failed send rolls the marker back for the retry. Only a failure between the
+    server's 250 and the COMMIT taking effect can send twice; see docs/decisions/006.
     """
     async with db.transaction(deps.sessions) as session:
         letter = await _claim(session, deps.settings, payload, job)
