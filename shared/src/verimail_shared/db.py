@@ -33,12 +33,15 @@ def plain_url(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
+    """The engine; `pre_ping` tests each connection as it leaves the pool (one round trip), so
+    that a restarted PostgreSQL's dead connections fail no request. Without it, the first use
+    of a dead connection fails, and SQLAlchemy then replaces every connection of the pool."""
     timeout = settings.dependency_timeout_seconds
     return create_async_engine(
         async_url(settings.database_url),
         pool_size=settings.database_pool_size,
-        pool_pre_ping=True,  # a restarted PostgreSQL leaves dead connections in the pool
+        pool_pre_ping=pre_ping,
         hide_parameters=True,  # error messages would otherwise quote password hashes
         pool_timeout=timeout,
         connect_args={"timeout": timeout, "command_timeout": timeout},
