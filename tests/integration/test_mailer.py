@@ -159,3 +159,23 @@ async def test_a_new_connection_dropped_mid_send_fails_the_send(
     await mailer.send(message("second@example.com"))  # the broken connection is not reused
     await mailer.close()
     assert [address for address, _ in recorder.received] == ["second@example.com"]
+
+
+async def test_a_failed_confirmation_before_the_final_dot_leaves_the_server_no_message(
+    server: Server, recorder: Recorder
+) -> None:
+    confirmed: list[str] = []
+
+    async def refuse() -> None:
+        raise ConnectionError("the database went away")
+
+    async def accept() -> None:
+        confirmed.append("yes")
+
+    mailer = mailer_for(server)
+    with pytest.raises(ConnectionError):
+        await mailer.send(message("lost@example.com"), confirm=refuse)
+    await mailer.send(message("kept@example.com"), confirm=accept)
+    await mailer.close()
+    assert [address for address, _ in recorder.received] == ["kept@example.com"]
+    assert confirmed == ["yes"]

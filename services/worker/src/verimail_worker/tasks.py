@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -60,7 +61,11 @@ async def send_verify_email(deps: Deps, payload: SendVerifyEmailPayload, job: Jo
         letter = await _claim(session, deps.settings, payload, job)
         if letter is None:
             return
-        await deps.mailer.send(render(letter, deps.settings))
+        # PostgreSQL is asked once more just before the final dot: if it went away during the
+        # conversation, the server keeps nothing, instead of a sent email whose marker is lost.
+        await deps.mailer.send(
+            render(letter, deps.settings), confirm=lambda: session.scalar(select(1))
+        )
         # Leaving the block commits: nothing sits between the server's 250 and the COMMIT.
     log.info("verify_email_sent", email_id=letter.email_id)
 
