@@ -34,7 +34,7 @@ LATENESS = Histogram(
 IN_PROGRESS = Gauge("verimail_worker_tasks_in_progress", "Tasks running now.", LABELS)
 DEAD_TASKS = Gauge(
     "verimail_dead_tasks",
-    "Dead letters waiting to be looked at (not re-queued), refreshed every 5 s.",
+    "Dead letters waiting to be looked at (not re-queued), refreshed every 15 s.",
     LABELS,
 )
 OUTBOX_RELAYED = Counter(

@@ -31,7 +31,7 @@ from verimail_worker.tasks import Deps, send_verify_email
 from verimail_worker.weighted import WeightedWorker
 
 log = structlog.get_logger(__name__)
-GAUGE_INTERVAL_SECONDS = 5.0
+GAUGE_INTERVAL_SECONDS = 15.0  # a common Prometheus scrape interval; each refresh costs Redis
 REDIS_RETRY_SECONDS = 1.0
 
 
