@@ -153,3 +153,31 @@ async def test_the_reconciler_requeues_only_unfinished_jobs_that_redis_lost(
     await engine.dispose()
     queued_ids = {j.decode() for j in await redis.zrange(queue_key(Queue.CRITICAL), 0, -1)}
     assert queued_ids == {lost.job_id, queued.job_id}
+
+
+async def test_the_reconciler_marks_a_finished_job_whose_completion_mark_was_lost(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    engine = db.create_engine(settings)
+    sessions = db.create_sessionmaker(engine)
+    payload = SendVerifyEmailPayload(username="done", max_tries=1)
+    done = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=0)
+    async with db.transaction(sessions) as session:
+        session.add(done)
+    await redis.set(f"arq:result:{done.job_id}", b"{}")  # arq's record of a finished job
+    async with engine.begin() as connection:
+        from sqlalchemy import text
+
+        await connection.execute(
+            text(
+                "UPDATE outbox SET dispatched_at = now() - interval '2 minutes' WHERE job_id = :j"
+            ),
+            {"j": done.job_id},
+        )
+    assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 0
+    completed = await fetch_value(
+        engine, "SELECT completed_at IS NOT NULL FROM outbox WHERE job_id = :j", j=done.job_id
+    )
+    await engine.dispose()
+    assert completed
+    assert await redis.zcard(queue_key(Queue.CRITICAL)) == 0

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -128,8 +128,18 @@ async def reconcile(
         async with redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 pipe.exists(job_key_prefix + row.job_id)
-            present = await pipe.execute()
-        lost = [row for row, exists in zip(rows, present, strict=True) if not exists]
+                pipe.exists(result_key_prefix + row.job_id)
+            found = iter(await pipe.execute())
+        # A job with a result has finished; only its completion mark was lost (decision 015).
+        state = [(row, next(found), next(found)) for row in rows]
+        finished = [row.job_id for row, queued, result in state if not queued and result]
+        lost = [row for row, queued, result in state if not queued and not result]
+        if finished:
+            await session.execute(
+                update(OutboxTask)
+                .where(col(OutboxTask.job_id).in_(finished))
+                .values(completed_at=datetime.now(UTC))
+            )
         for row in lost:
             await enqueue(redis, row)
             log.warning("outbox_job_lost_requeued", job_id=row.job_id, task=row.task)
