@@ -17,16 +17,17 @@ import asyncio
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker, func
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import drain_rate, print_ratio_table
 
 RESULTS = Path(__file__).parent / "results"
 SIDES = ["ours", "arq-default", "arq-tuned"]
@@ -158,31 +159,22 @@ async def enqueue_many(redis: ArqRedis, kind: str, count: int) -> None:
 
 
 async def throughput(bench: Bench, kind: str, count: int) -> float:
-    redis = await create_pool(RedisSettings.from_dsn(bench.redis_server.url))
     from verimail_shared.jobs import deserialize_job, serialize_job
 
-    if kind == "ours":
-        redis = await create_pool(
-            RedisSettings.from_dsn(bench.redis_server.url),
-            job_serializer=serialize_job,
-            job_deserializer=deserialize_job,
-        )
+    redis = await create_pool(
+        RedisSettings.from_dsn(bench.redis_server.url),
+        job_serializer=serialize_job if kind == "ours" else None,
+        job_deserializer=deserialize_job if kind == "ours" else None,
+    )
     await redis.flushdb()
     await enqueue_many(redis, kind, count)
     worker = bench.spawn(kind, "throughput")
-    started = None
-    while True:
-        done = int(await redis.get(DONE_KEY) or 0)
-        if done and started is None:
-            started = time.perf_counter()
-        if done >= count:
-            break
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    worker.terminate()
-    worker.wait(30)
-    await redis.aclose()
-    return (count - 1) / elapsed if elapsed else 0.0
+    try:
+        return await drain_rate(redis, DONE_KEY, count, worker)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        await redis.aclose()
 
 
 def main() -> None:
@@ -212,13 +204,7 @@ def main() -> None:
                     rates[side].append(asyncio.run(throughput(bench, side, args.count)))
         finally:
             bench.stop()
-    medians = {side: statistics.median(values) for side, values in rates.items()}
-    print(f"{'side':<12} {'tasks/s (median)':>17} {'ours ÷ side':>12}  runs")
-    for side in SIDES:
-        print(
-            f"{side:<12} {medians[side]:>17.0f} {medians['ours'] / medians[side]:>12.2f}  "
-            + ", ".join(f"{v:.0f}" for v in rates[side])
-        )
+    medians = print_ratio_table(rates, reference="ours")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "queue-throughput.json").write_text(
         json.dumps({"count": args.count, "runs": rates, "medians": medians}, indent=2) + "\n"
