@@ -13,9 +13,15 @@ from tests.support.services import api_client, database, fetch_value, running_wo
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared import db, outbox
-from verimail_shared.jobs import Queue, SendVerifyEmailPayload, TaskName, queue_key
+from verimail_shared.jobs import (
+    Queue,
+    SendVerifyEmailPayload,
+    TaskName,
+    queue_key,
+    serialize_job,
+)
 from verimail_shared.settings import Settings
-from verimail_shared.tables import OutboxTask
+from verimail_shared.tables import DeadTask, OutboxTask
 from verimail_worker.tasks import Deps, Job, send_verify_email
 
 
@@ -164,7 +170,8 @@ async def test_the_reconciler_marks_a_finished_job_whose_completion_mark_was_los
     done = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=0)
     async with db.transaction(sessions) as session:
         session.add(done)
-    await redis.set(f"arq:result:{done.job_id}", b"{}")  # arq's record of a finished job
+    # arq's record of a successful run
+    await redis.set(f"arq:result:{done.job_id}", serialize_job({"s": True, "r": None}))
     async with engine.begin() as connection:
         from sqlalchemy import text
 
@@ -181,3 +188,56 @@ async def test_the_reconciler_marks_a_finished_job_whose_completion_mark_was_los
     await engine.dispose()
     assert completed
     assert await redis.zcard(queue_key(Queue.CRITICAL)) == 0
+
+
+async def test_the_reconciler_requeues_a_lost_job_whose_arq_result_is_a_failure(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    """A failover that loses a job's key but not its queue entry makes arq record "job expired"
+    without running it; arq's timeout records a failure without a retry. Neither sent anything."""
+    engine = db.create_engine(settings)
+    sessions = db.create_sessionmaker(engine)
+
+    def row(name: str) -> OutboxTask:
+        payload = SendVerifyEmailPayload(username=name, max_tries=1)
+        return outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=60)
+
+    expired, buried = row("expired"), row("buried")
+    async with db.transaction(sessions) as session:
+        session.add_all([expired, buried])
+        session.add(
+            DeadTask(
+                job_id=buried.job_id,
+                task=buried.task,
+                queue=Queue.CRITICAL.value,
+                payload=buried.payload,
+                tries=1,
+                last_error="PermanentError: no such user",
+            )
+        )
+    failure = serialize_job({"s": False, "r": "JobExecutionFailed: job expired"})
+    for job in (expired, buried):
+        await redis.set(f"arq:result:{job.job_id}", failure)
+    async with engine.begin() as connection:
+        from sqlalchemy import text
+
+        await connection.execute(
+            text(
+                "UPDATE outbox SET dispatched_at = now() - interval '2 minutes' "
+                "WHERE job_id IN (:e, :b)"
+            ),
+            {"e": expired.job_id, "b": buried.job_id},
+        )
+    assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 1
+    completed = await fetch_value(
+        engine,
+        "SELECT string_agg(job_id, ',') FROM outbox "
+        "WHERE completed_at IS NOT NULL AND job_id IN (:e, :b)",
+        e=expired.job_id,
+        b=buried.job_id,
+    )
+    await engine.dispose()
+    assert completed == buried.job_id
+    queued_ids = {j.decode() for j in await redis.zrange(queue_key(Queue.CRITICAL), 0, -1)}
+    assert queued_ids == {expired.job_id}
+    assert not await redis.exists(f"arq:result:{expired.job_id}")
