@@ -169,9 +169,8 @@ def _succeeded(result: bytes | None) -> bool:
 async def _dead_letters(session: AsyncSession, job_ids: list[str]) -> set[str]:
     if not job_ids:
         return set()
-    found = await session.scalars(
-        select(DeadTask.job_id).where(col(DeadTask.job_id).in_(job_ids))
-    )
+    job_id = col(DeadTask.job_id)
+    found = await session.scalars(select(job_id).where(job_id.in_(job_ids)))
     return set(found)
 
 

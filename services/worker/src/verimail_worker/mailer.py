@@ -14,7 +14,7 @@ from email.utils import formatdate, parseaddr
 from urllib.parse import urlencode
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 from aiosmtplib.typing import Default, SMTPStatus
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -99,6 +99,16 @@ class _Connection:
 
 
 Confirm = Callable[[], Awaitable[object]]
+# How long an answer may take to surface once a timeout fired: already there if the process
+# was only asleep.
+LATE_ANSWER_GRACE_SECONDS = 0.1
+# A message whose final dot got no answer is sent again, the same bytes, this many times.
+UNANSWERED_DATA_RESENDS = 2
+
+
+class UnansweredData(aiosmtplib.SMTPServerDisconnected):
+    """The final dot went out and no answer came back: the server may or may not have the
+    message. Sent again, identical, it is a recognisable copy (decision 090)."""
 
 
 class ConfirmingSMTP(aiosmtplib.SMTP):
@@ -131,14 +141,38 @@ class ConfirmingSMTP(aiosmtplib.SMTP):
         self.protocol.write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)))
         await self.confirm()
         self.protocol.write(b".\r\n")
-        try:
-            response = await self.protocol.read_response(timeout=timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            self.close()
-            raise
+        seconds = timeout if isinstance(timeout, float | int) else None
+        response = await _answer_to_dot(self, self.protocol, seconds)
         if response.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
+
+
+async def _answer_to_dot(
+    smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, seconds: float | None
+) -> aiosmtplib.SMTPResponse:
+    """The server's answer to the final dot, or `UnansweredData`.
+
+    An answer already waiting when the timeout fires is still read: a process paused past its
+    timeouts (SIGSTOP, a stalled VM) wakes up to both at once.
+    """
+    answer = asyncio.ensure_future(protocol.read_response(timeout=None))
+    try:
+        done, _ = await asyncio.wait({answer}, timeout=seconds)
+        if not done:
+            done, _ = await asyncio.wait({answer}, timeout=LATE_ANSWER_GRACE_SECONDS)
+    except BaseException:
+        answer.cancel()
+        raise
+    if not done:
+        answer.cancel()
+        smtp.close()
+        raise UnansweredData("no answer to the final dot within the timeout")
+    try:
+        return answer.result()
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        smtp.close()
+        raise UnansweredData(f"closed before the answer to the final dot: {exc}") from exc
 
 
 class Mailer:
@@ -162,17 +196,26 @@ class Mailer:
 
         A reused connection that turns out dropped is replaced once: what the server got of
         the message is as unknown as on any failed send, and the retry of the job that a
-        failure would cause sends it again just the same.
+        failure would cause sends it again just the same. A final dot without an answer is
+        followed by the same message on a new connection, up to UNANSWERED_DATA_RESENDS times.
         """
         async with self._slots:
             connection = await self._checkout()
-            try:
-                await self._send_on(connection, message, confirm)
-            except aiosmtplib.SMTPServerDisconnected:
-                if not connection.messages:
-                    raise
+            resends = UNANSWERED_DATA_RESENDS
+            while True:
+                try:
+                    await self._send_on(connection, message, confirm)
+                    break
+                except UnansweredData:
+                    # Rather a copy than a loss (decision 090): the same message again, with
+                    # its Message-ID and link, so that the copies are one email to the reader.
+                    if not resends:
+                        raise
+                    resends -= 1
+                except aiosmtplib.SMTPServerDisconnected:
+                    if not connection.messages:
+                        raise
                 connection = _Connection(await self._connect())
-                await self._send_on(connection, message, confirm)
             self._checkin(connection)
 
     async def _send_on(
