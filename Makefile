@@ -92,8 +92,9 @@ bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loo
 bench-memory: install ## Bytes per queued job (100,000 deferred) and worker RSS against bare arq
 	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3)
 
-chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
-	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
+chaos: install tools ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
+	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),600) \
+		--rate $(or $(RATE),10) --api-replicas 2 --workers 3 --sentinel
 
 up: ## docker compose: build and start the whole system (API :8000, Mailpit :8025, Grafana :3000)
 	$(COMPOSE) up --build --detach
