@@ -400,21 +400,27 @@ class Soak:
     # -- signups ----------------------------------------------------------------------------
 
     async def sign_up(self, deadline: float) -> None:
+        """`--rate` signups a second, round-robin over the API replicas; a replica with
+        `--max-in-flight` signups unanswered gets none until it catches up (a client backs off)."""
         clients = [
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=self.args.timeout)
             for port in self.api_ports
         ]
+        in_flight: dict[httpx.AsyncClient, set[asyncio.Task[None]]] = {c: set() for c in clients}
         interval = 1 / self.args.rate
-        pending: set[asyncio.Task[None]] = set()
         try:
             for client in itertools.cycle(clients):
                 if time.monotonic() >= deadline:
                     break
-                task = asyncio.create_task(self._one(client))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                pending = in_flight[client]
+                if len(pending) >= self.args.max_in_flight:
+                    self.refused["not sent (the replica's in-flight limit)"] += 1
+                else:
+                    task = asyncio.create_task(self._one(client))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
                 await asyncio.sleep(interval)
-            await asyncio.gather(*pending)
+            await asyncio.gather(*(task for tasks in in_flight.values() for task in tasks))
         finally:
             for client in clients:
                 await client.aclose()
@@ -770,8 +776,11 @@ class Soak:
             "api_replicas": self.args.api_replicas,
             "workers": self.args.workers,
             "sentinel": self.args.sentinel,
+            "http_timeout_seconds": self.args.timeout,
+            "max_in_flight_per_replica": self.args.max_in_flight,
             "faults": dict(sorted(self.faults.items())),
             "faults_total": sum(self.faults.values()),
+            "signups_sent": len(self.requested),
             "signups_accepted": len(self.accepted),
             "signups_rejected": sum(self.refused.values()),
             "signups_refused_by_cause": dict(self.refused.most_common()),
@@ -893,7 +902,10 @@ def main() -> None:
         metavar=("MIN", "MAX"),
         help="seconds between faults (uniform)",
     )
-    parser.add_argument("--timeout", type=float, default=10, help="a signup's HTTP timeout")
+    parser.add_argument("--timeout", type=float, default=30, help="a signup's HTTP timeout")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=20, help="unanswered signups per API replica, at most"
+    )
     parser.add_argument("--drain", type=float, default=180, help="longest wait for the queues")
     parser.add_argument("--json", type=Path, help="where to write the result")
     parser.add_argument("--keep", type=Path, help="keep the servers' files and logs here")
