@@ -380,7 +380,7 @@ class Soak:
         for slot in range(self.args.workers):
             self.start_worker(slot)
         for port in self.api_ports:
-            wait_for_port(port, 60)
+            wait_for_port(port, 300)  # a loaded machine starts eight processes slowly
 
     async def supervise(self, until: asyncio.Event) -> None:
         """Restart a process that exited on its own, as compose's `restart:` and Kubernetes do."""
