@@ -14,7 +14,7 @@ from email.utils import formatdate, parseaddr
 from urllib.parse import urlencode
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings  # pinned internals
 from aiosmtplib.typing import Default, SMTPStatus
 from jinja2 import Environment, PackageLoader, select_autoescape
 
