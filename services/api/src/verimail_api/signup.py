@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from verimail_api.dispatched import DispatchedMarks
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
 from verimail_shared import outbox
@@ -21,6 +20,7 @@ from verimail_shared.codes import code_matches
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from verimail_shared.jobs import SendVerifyEmailPayload, TaskName
+from verimail_shared.marks import DispatchedMarks
 from verimail_shared.settings import SignupEnqueue
 from verimail_shared.tables import OutboxTask, User, VerifyEmail, loaded
 
