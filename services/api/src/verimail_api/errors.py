@@ -94,9 +94,10 @@ def error_response(exc: Exception) -> JSONAnswer:
             BadRequestFieldViolation(field=v.field, description=v.description)
             for v in exc.violations
         ]
-        return status_response(
-            INVALID_ARGUMENT, str(exc), [BadRequest(field_violations=violations)]
-        )
+        # 400, or the HTTP status of a problem with the request's size (413, 414, 415, 431).
+        http_status = getattr(exc, "http_status", None)
+        detail = BadRequest(field_violations=violations)
+        return status_response(INVALID_ARGUMENT, str(exc), [detail], http_status)
     if isinstance(exc, Unauthenticated):
         return status_response(UNAUTHENTICATED, str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ResourceExhausted):

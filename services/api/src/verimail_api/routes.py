@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
 from verimail_api.openapi import openapi
 from verimail_api.pages import verify_page, wants_html
@@ -150,13 +149,6 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(chunks)
     except (ValueError, RecursionError):
         raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
-
-
-def body_error(request: Request, exc: Exception) -> Response:
-    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
-    response = error_response(exc)
-    response.status_code = getattr(exc, "http_status", 400)
-    return response
 
 
 def routes(settings: Settings) -> list[Route]:
