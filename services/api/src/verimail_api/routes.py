@@ -11,19 +11,24 @@ import structlog
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
 from verimail_api.openapi import openapi
 from verimail_api.pages import verify_page, wants_html
+from verimail_api.responses import JSONAnswer
 from verimail_api.schemas import (
     CreateUserRequest,
+    CreateUserResponse,
+    Health,
+    Readiness,
     ResendVerifyEmailRequest,
+    ResendVerifyEmailResponse,
+    User,
     VerifyEmailRequest,
+    VerifyEmailResponse,
     parse,
-    user_body,
 )
 from verimail_api.state import State
 from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
@@ -54,7 +59,7 @@ async def create_user(request: Request) -> Response:
     data = await read_json(request, state.settings.max_body_bytes)
     body = parse(CreateUserRequest, data)
     user = await state.signup.create_user(body, current_request_id())
-    return JSONResponse({"user": user_body(user)})
+    return JSONAnswer(CreateUserResponse(user=User.model_validate(user)))
 
 
 async def resend_verify_email(request: Request) -> Response:
@@ -64,7 +69,9 @@ async def resend_verify_email(request: Request) -> Response:
     body = parse(ResendVerifyEmailRequest, await read_json(request, state.settings.max_body_bytes))
     await state.limits.hit("resend_email", body.email.lower())
     # The lookup runs after the answer is sent: its timing cannot tell who has an account.
-    return JSONResponse({}, background=BackgroundTask(_resend, state, body.email))
+    return JSONAnswer(
+        ResendVerifyEmailResponse(), background=BackgroundTask(_resend, state, body.email)
+    )
 
 
 async def _resend(state: State, email: str) -> None:
@@ -90,11 +97,11 @@ async def verify_email(request: Request) -> Response:
         if not html:
             raise
         return verify_page(exc)
-    return verify_page(None) if html else JSONResponse({"is_verified": True})
+    return verify_page(None) if html else JSONAnswer(VerifyEmailResponse(is_verified=True))
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONAnswer(Health())
 
 
 async def readyz(request: Request) -> Response:
@@ -109,9 +116,8 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # a readiness probe reports any failure, it does not raise
             checks[name] = f"{type(exc).__name__}: {exc}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-    )
+    answer = Readiness(status="ok" if ready else "unavailable", checks=checks)
+    return JSONAnswer(answer, 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -143,13 +149,6 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(chunks)
     except (ValueError, RecursionError):
         raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
-
-
-def body_error(request: Request, exc: Exception) -> Response:
-    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
-    response = error_response(exc)
-    response.status_code = getattr(exc, "http_status", 400)
-    return response
 
 
 def routes(settings: Settings) -> list[Route]:

@@ -96,6 +96,7 @@ class State:
         passwords = Passwords(settings)
         sessions = db.create_sessionmaker(engine)
         signup = Signup(
+            engine=engine,
             sessions=sessions,
             passwords=passwords,
             queue=ArqTaskQueue(redis, settings.dependency_timeout_seconds),
