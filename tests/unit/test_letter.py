@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from verimail_shared.embedded import verification_link
 from verimail_shared.settings import Settings
-from verimail_worker.mailer import VerifyEmailLetter, render, verify_link
+from verimail_worker.letter import VerifyEmailLetter, render, verify_link
 
 SETTINGS = Settings(
     _env_file=None,
