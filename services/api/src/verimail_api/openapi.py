@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from verimail_api.schemas import CreateUserRequest, ResendVerifyEmailRequest
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 REF = "#/components/schemas/{model}"
 
 
@@ -50,6 +51,14 @@ TIMESTAMP = {"type": "string", "format": "date-time"}
 SCHEMAS: dict[str, Any] = {
     "CreateUserRequest": _request_schema(CreateUserRequest),
     "ResendVerifyEmailRequest": _request_schema(ResendVerifyEmailRequest),
+    "VerifyEmailRequest": {
+        "type": "object",
+        "required": ["email_id", "secret_code"],
+        "properties": {
+            "email_id": {"type": "integer", "format": "int64", "minimum": 1},
+            "secret_code": {"type": "string", "minLength": 32, "maxLength": 128},
+        },
+    },
     "User": {
         "type": "object",
         "required": [
@@ -157,9 +166,12 @@ DOCUMENT: dict[str, Any] = {
                         "schema": {"type": "string", "minLength": 32, "maxLength": 128},
                     },
                 ],
+                "description": "Uses the code. A browser (Accept: text/html first) gets instead "
+                "a page whose button POSTs the code, and HEAD never uses it, so that a mail "
+                "scanner fetching the link verifies nothing.",
                 "responses": {
                     "200": {
-                        "description": "verified (HTML for browsers that ask for it)",
+                        "description": "verified (for a browser: the page with the button)",
                         "content": {
                             JSON: {"schema": _ref("VerifyEmailResponse")},
                             "text/html": {"schema": {"type": "string"}},
@@ -167,18 +179,50 @@ DOCUMENT: dict[str, Any] = {
                     },
                     **_errors(400, 404, 429, 503),
                 },
-            }
+            },
+            "post": {
+                "operationId": "confirm_verify_email",
+                "description": "Uses the code: what the button of the verification page sends "
+                "(a form), or an API client (JSON). A browser gets an HTML page as the answer.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": _ref("VerifyEmailRequest")},
+                        FORM: {"schema": _ref("VerifyEmailRequest")},
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "verified (an HTML page for browsers that ask for it)",
+                        "content": {
+                            JSON: {"schema": _ref("VerifyEmailResponse")},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 404, 413, 415, 429, 503),
+                },
+            },
         },
         "/v1/resend_verify_email": {
             "post": {
                 "operationId": "resend_verify_email",
-                "description": "The same answer whether or not the address has an account.",
+                "description": "The same answer whether or not the address has an account. "
+                "The expired-link page's form posts here too; a browser gets an HTML page.",
                 "requestBody": {
                     "required": True,
-                    "content": {JSON: {"schema": _ref("ResendVerifyEmailRequest")}},
+                    "content": {
+                        JSON: {"schema": _ref("ResendVerifyEmailRequest")},
+                        FORM: {"schema": _ref("ResendVerifyEmailRequest")},
+                    },
                 },
                 "responses": {
-                    "200": _json({"type": "object"}, "accepted"),
+                    "200": {
+                        "description": "accepted (an HTML page for browsers that ask for it)",
+                        "content": {
+                            JSON: {"schema": {"type": "object"}},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
                     **_errors(400, 413, 415, 429, 503),
                 },
             }
