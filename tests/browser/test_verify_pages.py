@@ -1,6 +1,6 @@
 """What a person sees, in a real browser against the real `verimail-api` and `verimail-worker`
-commands and an SMTP server: the pages the verification link leads to, and axe-core's check of
-each (no serious or critical violation)."""
+commands and an SMTP server: the verification email, the pages its link leads to, and
+axe-core's check of each (no serious or critical violation)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,17 @@ async def test_an_expired_link_offers_a_form_that_sends_a_new_email(
     await expect(page.get_by_text("sign in")).to_have_count(0)
     await looks_right(page, "verify-4-expired-with-resend-form")
 
+    # An address the browser lets through but the API does not: the form comes back, the
+    # error tied to the field.
+    await email.fill("alice@mail.invalid")
+    await page.get_by_role("button", name="Send me a new email").click()
+    await expect(page.get_by_label("Email address")).to_have_attribute("aria-invalid", "true")
+    await expect(page.get_by_label("Email address")).to_have_accessible_description(
+        "Enter an email address such as name@example.com."
+    )
+    await looks_right(page, "verify-4b-resend-form-with-an-error")
+
+    await page.get_by_label("Email address").fill(user["email"])
     await page.get_by_role("button", name="Send me a new email").click()
     await expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
     await looks_right(page, "verify-5-resend-answer")
@@ -127,3 +138,16 @@ async def test_a_mangled_link_says_not_valid(system: System, page: Page) -> None
     await page.goto(f"{system.base_url}/v1/verify_email?email_id=1&secret_code={'x' * 43}")
     await expect(page.get_by_role("heading", level=1)).to_have_text("Link not valid")
     await looks_right(page, "verify-6-invalid-link")
+
+
+async def test_the_verification_email_passes_the_accessibility_check(
+    system: System, smtp_server: SmtpServer, page: Page
+) -> None:
+    user = await sign_up(system, smtp_server)
+    (message,) = smtp_server.to(user["email"])
+    html = message.get_body(("html",))
+    assert html is not None
+    await page.set_content(html.get_content())
+    await expect(page).to_have_title(message["Subject"])
+    assert await page.evaluate("document.documentElement.lang") == "en"
+    await looks_right(page, "email-verify-html-part")
