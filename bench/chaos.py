@@ -7,10 +7,11 @@ processes, Redis, PostgreSQL and SMTP fail at random (seeded); then count what a
 
 Everything runs on throwaway servers and real subprocesses: `--api-replicas` `verimail-api`
 processes (signups go round-robin over them), `--workers` `verimail-worker` processes, and
-either one Redis or, with `--sentinel`, a Redis master with one replica and three Sentinels
-(Debian's `redis-server` and `redis-sentinel`), every service finding the master through
-REDIS_SENTINELS. The faults, one every few seconds in a seeded random order that deals every
-kind before any kind comes again, are listed in FAULTS below and in docs/reliability.md.
+either one Redis or, with `--sentinel`, a master with one replica and three Sentinels (the
+embedded Valkey server, the Sentinels in its sentinel mode), every service finding the master
+through REDIS_SENTINELS. The faults, one every few seconds in a seeded random order that deals
+every kind before any kind comes again, are the methods `Soak.fault_kinds` lists; see
+docs/reliability.md.
 
 At the end it waits until the work is done (both queues empty, no job in progress, no
 unfinished outbox row, and still so after arq's in-progress timeout, so that a late duplicate
@@ -32,6 +33,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,12 +240,16 @@ class RedisTopology:
         lag = rng.uniform(1, 3)
         if self.single is None:
             return await self._failover(lag)
-        # Copies the append-only file, lets writes go on, crashes Redis and restarts from the copy.
-        aof = self.single.data_dir / "appendonly.aof"
-        snapshot = await asyncio.to_thread(aof.read_bytes)
+        # Copies the append-only files, lets writes go on, crashes the server and restarts it
+        # from the copy.
+        aof = self.single.data_dir / "appendonlydir"  # Redis 7 / Valkey: a manifest and parts
+        snapshot = self.single.data_dir.parent / "appendonlydir.snapshot"
+        await asyncio.to_thread(shutil.rmtree, snapshot, True)
+        await asyncio.to_thread(shutil.copytree, aof, snapshot)
         await asyncio.sleep(lag)
         await asyncio.to_thread(self.single.kill)
-        await asyncio.to_thread(aof.write_bytes, snapshot)
+        await asyncio.to_thread(shutil.rmtree, aof)
+        await asyncio.to_thread(shutil.copytree, snapshot, aof)
         await asyncio.to_thread(self.single.start)
         return f"redis restarted from its append-only file of {lag:.1f} s before"
 

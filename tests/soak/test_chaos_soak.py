@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.binaries import require
-
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 60
 FAULT_KINDS = {
@@ -38,8 +36,6 @@ FAULT_KINDS = {
 def test_a_minute_of_every_fault_at_deployment_shape_loses_doubles_and_invents_no_email(
     tmp_path: Path,
 ) -> None:
-    require("redis-server")
-    require("redis-sentinel")
     result_file = tmp_path / "chaos.json"
     argv = [
         sys.executable,
