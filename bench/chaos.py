@@ -487,6 +487,8 @@ class Soak:
                 deck = self.fault_kinds()
                 self.random.shuffle(deck)
             fault = deck.pop()
+            if self.args.one_at_a_time:  # a paused worker's pause ends first
+                await asyncio.gather(*self.background)
             detail = await fault()
             if detail is not None:
                 self.faults[fault.__name__] += 1
@@ -782,6 +784,7 @@ class Soak:
             "api_replicas": self.args.api_replicas,
             "workers": self.args.workers,
             "sentinel": self.args.sentinel,
+            "one_fault_at_a_time": self.args.one_at_a_time,
             "http_timeout_seconds": self.args.timeout,
             "max_in_flight_per_replica": self.args.max_in_flight,
             "faults": dict(sorted(self.faults.items())),
@@ -907,6 +910,11 @@ def main() -> None:
         default=(2.0, 6.0),
         metavar=("MIN", "MAX"),
         help="seconds between faults (uniform)",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="no fault while another lasts (a worker's pause otherwise overlaps later faults)",
     )
     parser.add_argument("--timeout", type=float, default=30, help="a signup's HTTP timeout")
     parser.add_argument(

@@ -1,10 +1,11 @@
-"""A minute of the chaos soak at deployment shape, on every change.
+"""A minute and a half of the chaos soak at deployment shape, on every change.
 
 `bench/chaos.py` as a real subprocess: two `verimail-api` replicas, three `verimail-worker`s, a
-Redis master with a replica and three Sentinels, PostgreSQL and an SMTP server, with every kind
-of fault at least once. The suite fails on any email missing, doubled or phantom, or work that
-did not drain; the soak's own report (every anomaly with its job id, attempts and the faults
-around it) is printed with the failure. The ten-minute run is `make chaos`.
+master with a replica and three Sentinels, PostgreSQL and an SMTP server, with every kind of
+fault at least once, one at a time (the ten-minute run lets them overlap; docs/reliability.md
+says what that still finds). The suite fails on any email missing, doubled or phantom, or work
+that did not drain; the soak's own report (every anomaly with its job id, attempts and the
+faults around it) is printed with the failure. The ten-minute run is `make chaos`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECONDS = 60
+SECONDS = 90
 FAULT_KINDS = {
     "kill_worker",
     "stop_worker",
@@ -33,7 +34,7 @@ FAULT_KINDS = {
 
 
 @pytest.mark.timeout(900)
-def test_a_minute_of_every_fault_at_deployment_shape_loses_doubles_and_invents_no_email(
+def test_every_fault_at_deployment_shape_loses_doubles_and_invents_no_email(
     tmp_path: Path,
 ) -> None:
     result_file = tmp_path / "chaos.json"
@@ -47,6 +48,7 @@ def test_a_minute_of_every_fault_at_deployment_shape_loses_doubles_and_invents_n
         "--workers", "3",
         "--sentinel",
         "--fault-interval", "1", "2",
+        "--one-at-a-time",
         "--json", str(result_file),
         "--keep", str(tmp_path / "run"),
     ]  # fmt: skip
