@@ -313,6 +313,7 @@ class Soak:
         self.timeline: list[tuple[float, str, str]] = []
         self.background: set[asyncio.Task[None]] = set()
         self.started = time.monotonic()
+        self.signup_seconds = 0.0
 
     # -- the system -------------------------------------------------------------------------
 
@@ -405,7 +406,7 @@ class Soak:
 
     # -- signups ----------------------------------------------------------------------------
 
-    async def sign_up(self, deadline: float) -> None:
+    async def sign_up(self, done: asyncio.Event) -> None:
         """`--rate` signups a second, round-robin over the API replicas; a replica with
         `--max-in-flight` signups unanswered gets none until it catches up (a client backs off)."""
         clients = [
@@ -416,7 +417,7 @@ class Soak:
         interval = 1 / self.args.rate
         try:
             for client in itertools.cycle(clients):
-                if time.monotonic() >= deadline:
+                if done.is_set():
                     break
                 pending = in_flight[client]
                 if len(pending) >= self.args.max_in_flight:
@@ -475,13 +476,25 @@ class Soak:
             self.pause_api,
         ]
 
-    async def chaos(self, deadline: float) -> None:
-        """One fault every `--fault-interval` seconds; every kind once per shuffled round."""
+    async def chaos(self, deadline: float, done: asyncio.Event) -> None:
+        """One fault every `--fault-interval` seconds; every kind once per shuffled round.
+        With `--every-kind`, on past `deadline` (up to three times the duration) until each
+        kind has struck; `done` tells the signups to stop."""
+        try:
+            await self._faults(deadline)
+        finally:
+            done.set()
+
+    async def _faults(self, deadline: float) -> None:
         low, high = self.args.fault_interval
+        kinds = {fault.__name__ for fault in self.fault_kinds()}
+        last_call = deadline + 2 * self.args.duration
         deck: list[Callable[[], Awaitable[str | None]]] = []
         while True:
             await asyncio.sleep(self.random.uniform(low, high))
-            if time.monotonic() > deadline - 5:
+            now = time.monotonic()
+            every = not self.args.every_kind or set(self.faults) >= kinds
+            if now > deadline - 5 and (every or now > last_call):
                 return
             if not deck:
                 deck = self.fault_kinds()
@@ -750,8 +763,10 @@ class Soak:
         attempts = self.attempts() if (missing or doubled or phantom) else Counter()
 
         def explain(email: str) -> dict[str, Any]:
-            job = jobs.get(users.get(email, ""), "")
             mails = by_to.get(email, [])
+            ids = [MESSAGE_ID.search(mail.message_id) for mail in mails]
+            named = [found.group("job") for found in ids if found]
+            job = named[0] if named else jobs.get(users.get(email, ""), "")
             start = self.requested.get(email, mails[0].at if mails else self.started)
             end = mails[-1].at if mails else time.monotonic()
             return {
@@ -785,6 +800,7 @@ class Soak:
             "workers": self.args.workers,
             "sentinel": self.args.sentinel,
             "one_fault_at_a_time": self.args.one_at_a_time,
+            "signup_seconds": round(self.signup_seconds, 1),
             "http_timeout_seconds": self.args.timeout,
             "max_in_flight_per_replica": self.args.max_in_flight,
             "faults": dict(sorted(self.faults.items())),
@@ -869,7 +885,9 @@ async def soak(args: argparse.Namespace, keep: Path | None) -> dict[str, Any]:
         supervisor = asyncio.create_task(run.supervise(done))
         try:
             deadline = started + args.duration
-            await asyncio.gather(run.sign_up(deadline), run.chaos(deadline))
+            chaos_over = asyncio.Event()
+            await asyncio.gather(run.sign_up(chaos_over), run.chaos(deadline, chaos_over))
+            run.signup_seconds = time.monotonic() - started
             await asyncio.gather(*run.background)
             drained = await run.drain(args.drain)
             done.set()
@@ -910,6 +928,11 @@ def main() -> None:
         default=(2.0, 6.0),
         metavar=("MIN", "MAX"),
         help="seconds between faults (uniform)",
+    )
+    parser.add_argument(
+        "--every-kind",
+        action="store_true",
+        help="run on past --duration (up to 3x) until every kind of fault has struck",
     )
     parser.add_argument(
         "--one-at-a-time",
