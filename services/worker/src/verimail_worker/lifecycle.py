@@ -336,7 +336,7 @@ class BatchedWorker(Worker):
         keep_in_progress: float | None = None
         if hasattr(function, "next_run"):  # a cron job
             ref = function_name
-            keep_in_progress = arq_worker.keep_cronjob_progress  # read late, as arq does
+            keep_in_progress = vars(arq_worker)["keep_cronjob_progress"]  # read late, as arq does
         else:
             ref = f"{job_id}:{function_name}"
 
