@@ -7,7 +7,6 @@ import asyncio
 import sys
 
 import prometheus_client
-import uvloop
 
 from verimail_shared.logs import configure_logging
 from verimail_shared.settings import get_settings
@@ -31,9 +30,7 @@ def main() -> None:
         print("healthy" if healthy else "unhealthy: no heartbeat")
         sys.exit(0 if healthy else 1)
     prometheus_client.start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
-    # arq's Worker runs on the loop that is current when it is built: make it uvloop's.
-    asyncio.set_event_loop(uvloop.new_event_loop())
-    create_worker(settings).run()
+    create_worker(settings).run()  # on uvloop
 
 
 if __name__ == "__main__":

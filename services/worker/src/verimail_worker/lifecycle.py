@@ -113,7 +113,7 @@ class FinishBatch:
         *,
         interval: float = FLUSH_INTERVAL_SECONDS,
         size: int = FLUSH_BATCH,
-        on_written: Callable[[], None] | None = None,
+        on_written: Callable[[bool], None] | None = None,
     ) -> None:
         self._script = redis.register_script(FINISH_JOBS)
         self.interval = interval
@@ -121,6 +121,7 @@ class FinishBatch:
         self._on_written = on_written
         self._args: list[Any] = []
         self._ids: set[str] = set()
+        self._retries = False
         self._waiters: list[asyncio.Future[None]] = []
         self._due = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -150,6 +151,7 @@ class FinishBatch:
             -1 if keep_ms is None else keep_ms,
         )
         self._ids.add(job_id)
+        self._retries |= not finish
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._run())
         self._due.set()
@@ -170,10 +172,10 @@ class FinishBatch:
     async def flush(self) -> None:
         """Write every pending record now; RedisError if Redis refuses (they stay pending)."""
         async with self._lock:
-            args, ids, waiters = self._args, self._ids, self._waiters
+            args, ids, waiters, retries = self._args, self._ids, self._waiters, self._retries
             if not args:
                 return
-            self._args, self._ids, self._waiters = [], set(), []
+            self._args, self._ids, self._waiters, self._retries = [], set(), [], False
             self._due.clear()
             try:
                 await self._script(
@@ -189,6 +191,7 @@ class FinishBatch:
             except BaseException:
                 self._args, self._ids = args + self._args, ids | self._ids
                 self._waiters = waiters + self._waiters
+                self._retries |= retries
                 if self._args:
                     self._due.set()
                 raise
@@ -196,7 +199,7 @@ class FinishBatch:
             if not waiter.done():
                 waiter.set_result(None)
         if self._on_written is not None:
-            self._on_written()
+            self._on_written(retries)
 
     async def close(self) -> None:
         """Stop the timed writes and write what is left, trying a few times."""
@@ -239,8 +242,9 @@ class BatchedWorker(Worker):
             self._finishes = FinishBatch(self.pool, on_written=self._on_finishes_written)
         return self._finishes
 
-    def _on_finishes_written(self) -> None:
-        """Called after each batch of outcomes is written; subclasses wake their poll."""
+    def _on_finishes_written(self, retries: bool) -> None:
+        """Called after each batch of outcomes is written (`retries`: some jobs run again);
+        subclasses wake their poll."""
 
     async def claim(self, picks: list[tuple[str, str]]) -> list[Claimed | None]:
         """Claim and load the (queue, job id) picks in one round trip; None where not taken

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from typing import Any, cast
@@ -96,6 +97,9 @@ class WeightedWorker(BatchedWorker):
         self._next_due_ms: float | None = None
         self._backlog = False
         self._refill_at = max(1, self.max_jobs // 2)
+        self._ready: dict[str, list[str]] = {}
+        self._ready_at = 0.0
+        self._look_again = False
         self._read_queues: Any = None
 
     @property
@@ -164,8 +168,46 @@ class WeightedWorker(BatchedWorker):
         return free
 
     async def _start_weighted(self) -> None:
+        ready = self._ready if self._ready_is_fresh() else await self._read_ready()
+        while ready and self.allow_pick_jobs and (free := self._free_slots()) > 0:
+            picks: list[tuple[tuple[str, ...], str, str]] = []
+            while ready and len(picks) < free:
+                candidates = tuple(ready)
+                key = self._turns.pick(candidates)
+                job_id = ready[key].pop()
+                if not ready[key]:
+                    del ready[key]
+                if job_id in self.tasks or self.finishes.pending(job_id):
+                    self._turns.unpick(candidates, key)  # taken here since it was read
+                    continue
+                picks.append((candidates, key, job_id))
+            if not picks:
+                break
+            claimed = await self.claim([(key, job_id) for _, key, job_id in picks])
+            for (candidates, key, _), job in zip(picks, claimed, strict=True):
+                if job is None:
+                    # Running elsewhere or gone: the slot is still free, so the turn is not spent.
+                    self._turns.unpick(candidates, key)
+                else:
+                    self.start_claimed(job)
+        self._backlog = bool(ready) or self._backlog
+
+    def _ready_is_fresh(self) -> bool:
+        """Whether the ready ids left from the last read may be claimed without reading again:
+        under load, a read per batch of slots would double the round trips. Not after an
+        announced enqueue or a written retry (a queue may have new work), nor once stale."""
+        return (
+            bool(self._ready)
+            and not self._look_again
+            and time.monotonic() - self._ready_at < READY_REUSE_SECONDS
+        )
+
+    async def _read_ready(self) -> dict[str, list[str]]:
+        """Read the head of every queue: the due ids not running here, oldest last (popped
+        first), per queue; note the next due time and whether more work waits unread."""
         if self._read_queues is None:
             self._read_queues = self.pool.register_script(READ_QUEUES)  # EVALSHA from now on
+        self._look_again = False
         self._next_due_ms = None
         self._backlog = False
         keys = list(self.weights)
@@ -173,7 +215,6 @@ class WeightedWorker(BatchedWorker):
         heads = cast(list[list[bytes]], await self._read_queues(keys=keys, args=[limit]))
         now = timestamp_ms()
         finishing = self.finishes.pending
-        # Ids in reverse, so that taking the oldest is a pop from the end.
         ready: dict[str, list[str]] = {}
         for key, head in zip(keys, heads, strict=True):
             due: list[str] = []
@@ -192,22 +233,8 @@ class WeightedWorker(BatchedWorker):
             if due:
                 due.reverse()
                 ready[key] = due
-        while ready and self.allow_pick_jobs and (free := self._free_slots()) > 0:
-            picks: list[tuple[tuple[str, ...], str, str]] = []
-            while ready and len(picks) < free:
-                candidates = tuple(ready)
-                key = self._turns.pick(candidates)
-                picks.append((candidates, key, ready[key].pop()))
-                if not ready[key]:
-                    del ready[key]
-            claimed = await self.claim([(key, job_id) for _, key, job_id in picks])
-            for (candidates, key, _), job in zip(picks, claimed, strict=True):
-                if job is None:
-                    # Running elsewhere or gone: the slot is still free, so the turn is not spent.
-                    self._turns.unpick(candidates, key)
-                else:
-                    self.start_claimed(job)
-        self._backlog |= bool(ready)
+        self._ready, self._ready_at = ready, time.monotonic()
+        return ready
 
     def start_claimed(self, job: Claimed) -> None:
         super().start_claimed(job)
@@ -218,8 +245,12 @@ class WeightedWorker(BatchedWorker):
         if self._backlog and self.max_jobs - self.job_counter >= self._refill_at:
             self._wakeup.set()
 
-    def _on_finishes_written(self) -> None:
-        self._wakeup.set()  # retried jobs are back in their queues, maybe due now
+    def _on_finishes_written(self, retries: bool) -> None:
+        if retries:  # retried jobs are back in their queues, maybe due now
+            self._look_again = True
+            self._wakeup.set()
+        elif self._backlog and self.job_counter < self.max_jobs:
+            self._wakeup.set()
 
     async def _wait_for_work(self) -> None:
         """Until a deferred job is due, slots are free for a backlog, outcomes are written, an
@@ -243,6 +274,7 @@ class WeightedWorker(BatchedWorker):
                     await pubsub.subscribe(channel)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
+                            self._look_again = True
                             self._wakeup.set()
             except asyncio.CancelledError:
                 raise
@@ -258,6 +290,7 @@ class WeightedWorker(BatchedWorker):
 
 
 CRON_HEARTBEAT_SECONDS = 0.5
+READY_REUSE_SECONDS = 0.1
 
 # arq's Worker signature plus ours, so that arq's `create_worker` and CLI, which pick the
 # settings a Worker accepts from its signature, pass every one of them on.
