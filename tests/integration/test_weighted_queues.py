@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from importlib.resources import files
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -195,3 +196,21 @@ async def test_outcomes_still_unwritten_at_a_graceful_stop_are_written(
     assert await redis.zcard(queue_key(Queue.CRITICAL)) == 0
     assert len(await redis.keys(result_key_prefix + "*")) == 20
     assert await redis.keys(in_progress_key_prefix + "*") == []
+
+
+async def test_every_lua_script_shipped_with_the_packages_compiles_in_redis(
+    redis: ArqRedis,
+) -> None:
+    scripts = [
+        *(files("verimail_worker") / "lua").iterdir(),
+        *(files("verimail_shared") / "lua").iterdir(),
+    ]
+    assert {script.name for script in scripts} >= {
+        "read_queues.lua",
+        "claim_jobs.lua",
+        "finish_jobs.lua",
+        "count_queues.lua",
+    }
+    for script in scripts:
+        sha = await redis.script_load(script.read_text())
+        assert (await redis.script_exists(sha)) == [True], script.name

@@ -260,11 +260,12 @@ class WeightedWorker(BatchedWorker):
         timeout = self.max_wait_s
         if self._next_due_ms is not None and self.job_counter < self.max_jobs:
             timeout = min(timeout, max((self._next_due_ms - timestamp_ms()) / 1000, 0))
-        if timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wakeup.wait()
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+                    return
+        self._look_again = True  # a due time came, or the longest wait is over: read again
 
     async def _listen(self, channel: str) -> None:
         """Set the wakeup event on every announced enqueue; reconnect after a lost connection."""
