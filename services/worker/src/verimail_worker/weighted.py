@@ -89,9 +89,12 @@ class WeightedWorker(BatchedWorker):
         self.max_wait_s = to_seconds(kwargs.get("poll_delay", 0.5)) or 0.0
         kwargs["poll_delay"] = 0  # arq's loop must not sleep: each iteration waits for work
         super().__init__(*args, queue_name=self._home_queue, **kwargs)
-        if self.cron_jobs:
-            # arq's cron looks one second ahead at every heartbeat: beat at least twice a second.
-            self.max_wait_s = min(self.max_wait_s, CRON_HEARTBEAT_SECONDS)
+        if self.cron_jobs or self.allow_abort_jobs:
+            # arq's cron looks one second ahead at every heartbeat, and aborts are looked for
+            # once per poll: look at least as often as arq's default poll.
+            self.max_wait_s = min(self.max_wait_s, ARQ_DEFAULT_POLL_SECONDS)
+        # The health key lives one second longer than its interval: beat within it.
+        self.max_wait_s = min(self.max_wait_s, self.health_check_interval)
         self._wakeup = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._next_due_ms: float | None = None
@@ -241,8 +244,12 @@ class WeightedWorker(BatchedWorker):
         self.tasks[job.job_id].add_done_callback(self._on_job_done)
 
     def _on_job_done(self, _: asyncio.Task[None]) -> None:
-        # With work waiting, look again once enough slots are free to take a batch of it.
-        if self._backlog and self.max_jobs - self.job_counter >= self._refill_at:
+        # With work waiting, look again once enough slots are free to take a batch of it;
+        # when stopping, at once, so that the finished task leaves `tasks` (arq's shutdown
+        # waits for `tasks` to empty).
+        if not self.allow_pick_jobs or (
+            self._backlog and self.max_jobs - self.job_counter >= self._refill_at
+        ):
             self._wakeup.set()
 
     def _on_finishes_written(self, retries: bool) -> None:
@@ -290,7 +297,7 @@ class WeightedWorker(BatchedWorker):
         await super().close()
 
 
-CRON_HEARTBEAT_SECONDS = 0.5
+ARQ_DEFAULT_POLL_SECONDS = 0.5
 READY_REUSE_SECONDS = 0.1
 
 # arq's Worker signature plus ours, so that arq's `create_worker` and CLI, which pick the
