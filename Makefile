@@ -69,8 +69,8 @@ typecheck: install ## mypy --strict on the three packages
 pytest: install tools ## Run the tests only (PYTEST_ARGS=... to pass options)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
-migrate: install ## Apply database migrations to DATABASE_URL
-	$(UV) run --frozen verimail-migrate
+migrate: install ## Create DATABASE_URL's database if missing, then apply the migrations
+	$(UV) run --frozen verimail-migrate --create-database
 
 api: install ## Run the API alone (uses DATABASE_URL, REDIS_URL)
 	$(UV) run --frozen verimail-api

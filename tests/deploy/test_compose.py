@@ -86,7 +86,7 @@ def test_prometheus_discovers_every_replica_by_dns(compose: dict[str, Any]) -> N
 
 def test_api_and_worker_wait_for_the_migration(compose: dict[str, Any]) -> None:
     all_services = services(compose)
-    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate"]
+    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate", "--create-database"]
     assert all_services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("api", "worker"):
         depends = all_services[name]["depends_on"]
