@@ -6,6 +6,7 @@ vendors, and the rest reads the file for the properties the README and docs/depl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 from pathlib import Path
@@ -138,3 +139,12 @@ def test_compose_and_the_deploy_docs_name_the_server_major_the_tests_run(
     image = services(compose)["redis"]["image"]
     assert image.split(":")[1].split(".")[0] == major, image
     assert f"Valkey {major}" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_the_api_trusts_forwarded_for_only_from_the_compose_networks(
+    compose: dict[str, Any],
+) -> None:
+    environment = services(compose)["api"]["environment"]
+    settings = Settings(_env_file=None, trusted_proxies=environment["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
+    assert networks and all(network.is_private for network in networks)
