@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# uv from PATH, or bootstrapped into .tools/ with the machine's Python.
-UV ?= $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+# uv from PATH, or bootstrapped into .tools/ with the machine's Python. Paths are relative to
+# the clone (make cannot name a target whose path has a space, as in "~/my clone").
+UV ?= $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
@@ -21,13 +22,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 COMPOSE ?= docker compose
 
 # Stock Debian/Ubuntu lack python3-venv: then pip puts uv's binary in .tools/pip instead.
-$(CURDIR)/.tools/bin/uv:
-	if $(PYTHON) -m venv $(CURDIR)/.tools; then \
-		$(CURDIR)/.tools/bin/pip install --quiet uv; \
+.tools/bin/uv:
+	if $(PYTHON) -m venv .tools; then \
+		.tools/bin/pip install --quiet uv; \
 	else \
 		echo "$(PYTHON) -m venv failed (no python3-venv?): installing uv with pip --target" >&2; \
-		$(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools/pip uv && \
-		mkdir -p $(CURDIR)/.tools/bin && ln -sf $(CURDIR)/.tools/pip/bin/uv $@; \
+		$(PYTHON) -m pip install --quiet --target .tools/pip uv && \
+		mkdir -p .tools/bin && ln -sf ../pip/bin/uv $@; \
 	fi
 	$@ --version
 
