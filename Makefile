@@ -9,7 +9,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -94,6 +94,9 @@ bench-lateness: install ## Deferred-task lateness and idle Redis commands/s: our
 
 bench-signup: install ## POST /v1/create_user at saturation against the raw argon2id hash rate
 	$(BENCH)/signup.py --duration 30 --runs $(or $(RUNS),3)
+
+bench-loop-cpu: install ## API event-loop CPU per signup against another revision's (BASELINE=main)
+	$(BENCH)/loop_cpu.py --baseline $(or $(BASELINE),main) --signups 1000 --runs $(or $(RUNS),3)
 
 bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loop without the queue
 	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3)
