@@ -43,13 +43,18 @@ class Kind:
             marks.add(getattr(row, self.key))
 
 
-KINDS = [
-    pytest.param(Kind(DispatchedMarks, "dispatched_at", "id"), id="dispatched"),
-    pytest.param(Kind(Completions, "completed_at", "job_id"), id="completed"),
-]
+@pytest.fixture(
+    params=[
+        Kind(DispatchedMarks, "dispatched_at", "id"),
+        Kind(Completions, "completed_at", "job_id"),
+    ],
+    ids=["dispatched", "completed"],
+)
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Each test of a batcher runs for the API's dispatch marks and the worker's completion marks."""
+    return request.param  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_marks_added_together_are_written_by_one_update_at_the_latest_on_close(
     kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -65,7 +70,6 @@ async def test_marks_added_together_are_written_by_one_update_at_the_latest_on_c
     assert await fetch_value(engine, sql, ids=_ids(rows)) == 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_a_mark_added_while_an_update_runs_is_written_by_the_next_one(
     kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -80,7 +84,6 @@ async def test_a_mark_added_while_an_update_runs_is_written_by_the_next_one(
     await marks.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_marks_that_cannot_be_written_stay_pending_and_are_written_once_postgresql_is_back(
     kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
