@@ -9,7 +9,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu bench-profile
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,25 +84,29 @@ BENCH := $(UV) run --frozen --group bench python bench
 bench: bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory ## Every benchmark (about 40 min; see docs/performance.md)
 
 bench-queue: install ## No-op tasks/s, one worker process: ours against bare arq (defaults and tuned)
-	$(BENCH)/throughput.py throughput --count $(or $(COUNT),20000) --runs $(or $(RUNS),3)
+	$(BENCH)/throughput.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-bench-peers: install ## The same no-op workload through SAQ, Celery, RQ and taskiq-redis against ours
-	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3)
+bench-peers: install ## The same no-op workload through SAQ, Celery, RQ, taskiq-redis, streaq and dramatiq against ours (one Redis 7+)
+	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-lateness: install ## Deferred-task lateness and idle Redis commands/s: ours against bare arq
-	$(BENCH)/lateness.py --count 2000 --rate 200 --idle-seconds 30 --runs $(or $(RUNS),3)
+	$(BENCH)/lateness.py --count 2000 --rate 200 --idle-seconds 30 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-bench-signup: install ## POST /v1/create_user at saturation against the raw argon2id hash rate
-	$(BENCH)/signup.py --duration 30 --runs $(or $(RUNS),3)
+bench-signup: install ## POST /v1/create_user at saturation, driven by wrk, against the raw argon2id hash rate
+	$(BENCH)/signup.py --duration 30 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-loop-cpu: install ## API event-loop CPU per signup against another revision's (BASELINE=main)
 	$(BENCH)/loop_cpu.py --baseline $(or $(BASELINE),main) --signups 1000 --runs $(or $(RUNS),3)
 
 bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loop without the queue
-	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3)
+	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-memory: install ## Bytes per queued job (100,000 deferred) and worker RSS against bare arq
-	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3)
+	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
+
+bench-profile: install ## py-spy: where each peers side's worker and the API's signup spend CPU, per task
+	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs 1 --profile $(BENCH_ARGS)
+	$(BENCH)/signup.py --duration 20 --runs 1 --profile $(BENCH_ARGS)
 
 chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
 	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
