@@ -23,6 +23,22 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
+def _json_or_page(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """JSON for API clients, an HTML page for browsers (decision 060)."""
+    return {
+        "description": description,
+        "content": {JSON: {"schema": schema}, "text/html": {"schema": {"type": "string"}}},
+    }
+
+
+def _json_or_form(name: str) -> dict[str, Any]:
+    """A request body in JSON, or an HTML form's fields (decision 060)."""
+    return {
+        "required": True,
+        "content": {JSON: {"schema": _ref(name)}, FORM: {"schema": _ref(name)}},
+    }
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     descriptions = {
         400: "invalid arguments (every bad field listed in a google.rpc.BadRequest detail), "
@@ -170,13 +186,10 @@ DOCUMENT: dict[str, Any] = {
                 "a page whose button POSTs the code, and HEAD never uses it, so that a mail "
                 "scanner fetching the link verifies nothing.",
                 "responses": {
-                    "200": {
-                        "description": "verified (for a browser: the page with the button)",
-                        "content": {
-                            JSON: {"schema": _ref("VerifyEmailResponse")},
-                            "text/html": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": _json_or_page(
+                        _ref("VerifyEmailResponse"),
+                        "verified (for a browser: the page with the button)",
+                    ),
                     **_errors(400, 404, 429, 503),
                 },
             },
@@ -184,21 +197,12 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "confirm_verify_email",
                 "description": "Uses the code: what the button of the verification page sends "
                 "(a form), or an API client (JSON). A browser gets an HTML page as the answer.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {"schema": _ref("VerifyEmailRequest")},
-                        FORM: {"schema": _ref("VerifyEmailRequest")},
-                    },
-                },
+                "requestBody": _json_or_form("VerifyEmailRequest"),
                 "responses": {
-                    "200": {
-                        "description": "verified (an HTML page for browsers that ask for it)",
-                        "content": {
-                            JSON: {"schema": _ref("VerifyEmailResponse")},
-                            "text/html": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": _json_or_page(
+                        _ref("VerifyEmailResponse"),
+                        "verified (an HTML page for browsers that ask for it)",
+                    ),
                     **_errors(400, 404, 413, 415, 429, 503),
                 },
             },
@@ -208,21 +212,11 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "resend_verify_email",
                 "description": "The same answer whether or not the address has an account. "
                 "The expired-link page's form posts here too; a browser gets an HTML page.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {"schema": _ref("ResendVerifyEmailRequest")},
-                        FORM: {"schema": _ref("ResendVerifyEmailRequest")},
-                    },
-                },
+                "requestBody": _json_or_form("ResendVerifyEmailRequest"),
                 "responses": {
-                    "200": {
-                        "description": "accepted (an HTML page for browsers that ask for it)",
-                        "content": {
-                            JSON: {"schema": {"type": "object"}},
-                            "text/html": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": _json_or_page(
+                        {"type": "object"}, "accepted (an HTML page for browsers that ask for it)"
+                    ),
                     **_errors(400, 413, 415, 429, 503),
                 },
             }
