@@ -12,19 +12,24 @@ import structlog
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
 from verimail_api.openapi import openapi
 from verimail_api.pages import confirm_page, resend_page, verify_page, wants_html
+from verimail_api.responses import JSONAnswer
 from verimail_api.schemas import (
     CreateUserRequest,
+    CreateUserResponse,
+    Health,
+    Readiness,
     ResendVerifyEmailRequest,
+    ResendVerifyEmailResponse,
+    User,
     VerifyEmailRequest,
+    VerifyEmailResponse,
     parse,
-    user_body,
 )
 from verimail_api.state import State
 from verimail_shared.errors import FieldViolation, InvalidArgument, VerimailError
@@ -57,7 +62,7 @@ async def create_user(request: Request) -> Response:
     data = await read_json(request, state.settings.max_body_bytes)
     body = parse(CreateUserRequest, data)
     user = await state.signup.create_user(body, current_request_id())
-    return JSONResponse({"user": user_body(user)})
+    return JSONAnswer(CreateUserResponse(user=User.model_validate(user)))
 
 
 async def resend_verify_email(request: Request) -> Response:
@@ -78,7 +83,9 @@ async def resend_verify_email(request: Request) -> Response:
         return resend_page(typed if isinstance(typed, str) else "", exc)
     # The lookup runs after the answer is sent: its timing cannot tell who has an account.
     task = BackgroundTask(_resend, state, body.email)
-    return resend_page(body.email, None, task) if html else JSONResponse({}, background=task)
+    if html:
+        return resend_page(body.email, None, task)
+    return JSONAnswer(ResendVerifyEmailResponse(), background=task)
 
 
 async def _resend(state: State, email: str) -> None:
@@ -119,11 +126,11 @@ async def _use_code(request: Request, fields: Any) -> Response:
         if not html:
             raise
         return verify_page(exc)
-    return verify_page(None) if html else JSONResponse({"is_verified": True})
+    return verify_page(None) if html else JSONAnswer(VerifyEmailResponse(is_verified=True))
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONAnswer(Health())
 
 
 async def readyz(request: Request) -> Response:
@@ -138,9 +145,8 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # a readiness probe reports any failure, it does not raise
             checks[name] = f"{type(exc).__name__}: {exc}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-    )
+    answer = Readiness(status="ok" if ready else "unavailable", checks=checks)
+    return JSONAnswer(answer, 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -203,13 +209,6 @@ def _parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
-
-
-def body_error(request: Request, exc: Exception) -> Response:
-    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
-    response = error_response(exc)
-    response.status_code = getattr(exc, "http_status", 400)
-    return response
 
 
 def routes(settings: Settings) -> list[Route]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from functools import cached_property
+from typing import Any, Protocol
 
 import structlog
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import select, update
+from sqlalchemy import DateTime, String, bindparam, insert, select, true, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from verimail_api.dispatched import DispatchedMarks
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
 from verimail_shared import outbox
@@ -21,6 +23,7 @@ from verimail_shared.codes import code_matches
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from verimail_shared.jobs import SendVerifyEmailPayload, TaskName
+from verimail_shared.marks import DispatchedMarks
 from verimail_shared.settings import SignupEnqueue
 from verimail_shared.tables import OutboxTask, User, VerifyEmail, loaded
 
@@ -30,6 +33,37 @@ log = structlog.get_logger(__name__)
 class TaskQueue(Protocol):
     async def enqueue(self, job: OutboxTask) -> None:
         """Put `job` on its queue; enqueueing the same job id twice adds nothing."""
+
+
+USERS = User.__table__.c  # type: ignore[attr-defined]
+NEW_USER = insert(User).values(
+    username=bindparam("username"),
+    hashed_password=bindparam("hashed_password"),
+    full_name=bindparam("full_name"),
+    email=bindparam("email"),
+    is_email_verified=False,  # a Python-side default, which an INSERT inside a CTE does not get
+)
+# One statement, hence one round trip and one implicit transaction: the user and the outbox row
+# that sends its email are written together or not at all (a duplicate username or email fails
+# the whole statement). The row's id comes back for the batched dispatch mark.
+_user = NEW_USER.returning(*USERS).cte("new_user")
+_task = (
+    insert(OutboxTask)
+    .from_select(
+        ["job_id", "task", "payload", "due_at"],
+        select(
+            bindparam("job_id", type_=String),
+            bindparam("task", type_=String),
+            bindparam("payload", type_=JSONB),
+            bindparam("due_at", type_=DateTime(timezone=True)),
+        ).select_from(_user),
+    )
+    .returning(OutboxTask.__table__.c.id)  # type: ignore[attr-defined]
+    .cte("new_task")
+)
+USER_WITH_TASK = select(_user, _task.c.id.label("outbox_id")).select_from(
+    _user.join(_task, true())  # one row each
+)
 
 
 class CodeAlreadyUsed(FailedPrecondition):
@@ -46,6 +80,7 @@ class CodeExpired(FailedPrecondition):
 
 @dataclass(frozen=True)
 class Signup:
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     passwords: Passwords
     queue: TaskQueue
@@ -54,36 +89,56 @@ class Signup:
     defer_seconds: float
     mode: SignupEnqueue = SignupEnqueue.OUTBOX
 
+    @cached_property
+    def _autocommit(self) -> AsyncEngine:
+        """The engine without BEGIN and COMMIT: for statements that are a transaction alone."""
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
     async def create_user(self, request: CreateUserRequest, request_id: str | None) -> User:
         """Store the user and, in the same transaction, the task that sends its email."""
         hashed = await self.passwords.hash(request.password)
-        user = User(
-            username=request.username,
-            hashed_password=hashed,
-            full_name=request.full_name,
-            email=request.email,
-        )
+        values = {
+            "username": request.username,
+            "hashed_password": hashed,
+            "full_name": request.full_name,
+            "email": request.email,
+        }
         payload = SendVerifyEmailPayload(
-            username=user.username, max_tries=self.max_tries, request_id=request_id
+            username=request.username, max_tries=self.max_tries, request_id=request_id
         )
         job = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, self.defer_seconds)
         try:
-            async with transaction(self.sessions) as session:
-                session.add(user)
-                if self.mode is SignupEnqueue.IN_TRANSACTION:
-                    # simplebank: if the enqueue fails the user is rolled back (503), but if the
-                    # commit fails after it, the task is a phantom. Kept to compare against.
-                    await session.flush()
-                    await self.queue.enqueue(job)
-                else:
-                    session.add(job)
-                    await session.flush()
+            if self.mode is SignupEnqueue.IN_TRANSACTION:
+                row = await self._insert_then_enqueue(values, job)
+            else:
+                row = await self._insert_with_task(values, job)
+                job.id = row.outbox_id
         except IntegrityError as exc:
             raise AlreadyExists(_duplicate_message(exc)) from None
-        log.info("user_created", username=user.username, job_id=job.job_id)
+        log.info("user_created", username=request.username, job_id=job.job_id)
         if self.mode is SignupEnqueue.OUTBOX:
             await self._dispatch(job)
-        return user
+        return User(**{column.name: getattr(row, column.name) for column in USERS})
+
+    async def _insert_with_task(self, values: dict[str, Any], job: OutboxTask) -> Row[Any]:
+        """The user and its outbox row, in one statement: one round trip to PostgreSQL."""
+        task = {
+            "job_id": job.job_id,
+            "task": job.task,
+            "payload": job.payload,
+            "due_at": job.due_at,
+        }
+        async with self._autocommit.connect() as connection:
+            result = await connection.execute(USER_WITH_TASK, values | task)
+            return result.one()
+
+    async def _insert_then_enqueue(self, values: dict[str, Any], job: OutboxTask) -> Row[Any]:
+        """simplebank's way: if the enqueue fails the user is rolled back (503), but if the commit
+        fails after it, the task is a phantom. Kept to compare against."""
+        async with self.engine.begin() as connection:
+            row = (await connection.execute(NEW_USER.returning(*USERS), values)).one()
+            await self.queue.enqueue(job)
+        return row
 
     async def resend_verify_email(self, email: str, request_id: str | None) -> OutboxTask | None:
         """Write a new verification task if `email` belongs to an unverified user.
