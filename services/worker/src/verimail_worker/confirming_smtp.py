@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings  # pinned internals
 from aiosmtplib.typing import Default, SMTPStatus
 
 Confirm = Callable[[], Awaitable[object]]
