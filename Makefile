@@ -9,7 +9,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu bench-profile
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu bench-profile test-arq
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +47,7 @@ tools: ## Install Debian's prometheus, promtool and chromium if missing (the tes
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: install tools lint typecheck deps pytest ## Lint, type-check, check dependencies and run every test
+test: install tools lint typecheck deps pytest test-arq ## Lint, type-check, check dependencies, run every test and arq's own suite
 
 lint: install ## ruff lint and format check
 	$(UV) run --frozen ruff check .
@@ -69,6 +69,9 @@ typecheck: install ## mypy --strict on the three packages
 
 pytest: install tools ## Run the tests only (PYTEST_ARGS=... to pass options)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-arq: install ## arq's own test suite against the weighted worker (arq's sdist cached in .cache/arq-sdist)
+	$(UV) run --frozen python tests/arq_suite/run.py -n 2 -q $(ARQ_SUITE_ARGS)
 
 migrate: install ## Create DATABASE_URL's database if missing, then apply the migrations
 	$(UV) run --frozen verimail-migrate --create-database

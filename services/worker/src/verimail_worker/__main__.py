@@ -31,7 +31,7 @@ def work(wait: float) -> None:
     configure_logging(settings)
     wait_for_database(settings.database_url, wait)
     prometheus_client.start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
-    create_worker(settings).run()
+    create_worker(settings).run()  # on uvloop
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+import uvloop
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
@@ -130,7 +131,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
-    """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
+    """The worker for `settings`; tests pass overrides such as `handle_signals=False`.
+
+    arq's Worker runs on the event loop that is current when it is built: outside a running
+    loop (the `verimail-worker` command, the benchmarks) that is made a uvloop loop here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(uvloop.new_event_loop())
     return VerimailWorker(**{**worker_settings(settings), **overrides})
 
 
