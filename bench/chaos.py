@@ -9,8 +9,9 @@ Everything runs on throwaway servers and real subprocesses: `--api-replicas` `ve
 processes (signups go round-robin over them), `--workers` `verimail-worker` processes, and
 either one Redis or, with `--sentinel`, a Redis master with one replica and three Sentinels
 (the embedded Valkey server; the Sentinels are the same binary in sentinel mode), every
-service finding the master through REDIS_SENTINELS. The faults, one every few seconds in a seeded random order that deals every
-kind before any kind comes again, are listed in FAULTS below and in docs/reliability.md.
+service finding the master through REDIS_SENTINELS. The faults, one every few seconds in a
+seeded random order that deals every kind before any kind comes again, are listed in FAULTS
+below and in docs/reliability.md.
 
 At the end it waits until the work is done (both queues empty, no job in progress, no
 unfinished outbox row, and still so after arq's in-progress timeout, so that a late duplicate
