@@ -8,9 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 from urllib.parse import urlencode
 
 import aiosmtplib
@@ -18,6 +18,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.typing import Default, SMTPStatus
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from verimail_shared.messages import verify_message_id
 from verimail_shared.settings import Settings, SmtpTls
 
 # Many servers limit the messages per connection (often to 100) and answer 421 past it.
@@ -78,17 +79,12 @@ def render(letter: VerifyEmailLetter, settings: Settings) -> EmailMessage:
     message["Subject"] = "Verify your email address"
     message["Date"] = formatdate(localtime=False)
     # One Message-ID per job: a re-sent copy of the same job is recognisably the same email.
-    message["Message-ID"] = f"<verify-{letter.job_id}@{_sender_domain(settings)}>"
+    message["Message-ID"] = verify_message_id(letter.job_id, settings.email_sender)
     message.set_content(_templates.get_template("verify_email.txt").render(fields))
     message.add_alternative(
         _templates.get_template("verify_email.html").render(fields), subtype="html"
     )
     return message
-
-
-def _sender_domain(settings: Settings) -> str:
-    address = parseaddr(settings.email_sender)[1]
-    return Address(addr_spec=address).domain if "@" in address else "verimail.invalid"
 
 
 @dataclass
