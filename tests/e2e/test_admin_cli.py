@@ -22,6 +22,9 @@ from verimail_shared import queue
 from verimail_shared.jobs import TaskName
 from verimail_shared.settings import Settings
 
+# Each verimail-admin process imports SQLAlchemy anew: seconds each on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
+
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from verimail_shared.workers import HourCount
 
-WIDTH, HEIGHT, BASELINE, LEFT = 720, 220, 190, 44
+WIDTH, HEIGHT, BASELINE, LEFT = 720, 260, 220, 64
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def bar_chart(hours: list[HourCount]) -> Chart:
 
     ticks = [(round(BASELINE - plot * f, 1), f"{int(top * f)}") for f in (0, 0.5, 1)]
     labels = [
-        (round(LEFT + i * slot, 1), f"{h.hour:%H}:00") for i, h in enumerate(hours) if i % 6 == 0
+        (round(LEFT + i * slot, 1), f"{h.hour:%H}h") for i, h in enumerate(hours) if i % 6 == 0
     ]
     return Chart(
         bars([h.processed for h in hours], 0, "processed"),
