@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 import structlog
@@ -40,8 +40,10 @@ def _orjson_dumps(value: Any, **kwargs: Any) -> bytes:
     return rendered
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send structlog and the standard library (uvicorn, arq, alembic) through one renderer."""
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Send structlog and the standard library (uvicorn, arq, alembic) through one renderer,
+    to `stream` (standard output unless told otherwise)."""
+    stream = stream or sys.stdout
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -62,7 +64,7 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -84,10 +86,10 @@ def configure_logging(settings: Settings) -> None:
             cache_logger_on_first_use=True,
         )
         return
-    sys.stdout.flush()  # whatever the text layer holds goes out before our bytes
+    stream.flush()  # whatever the text layer holds goes out before our bytes
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        logger_factory=_NamedBytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=_NamedBytesLoggerFactory(stream.buffer),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )

@@ -19,8 +19,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
+from verimail_shared.marks import Completions
 from verimail_worker import deadletters
-from verimail_worker.completions import Completions
 from verimail_worker.lifecycle import current_queue_key
 from verimail_worker.metrics import (
     DURATION,

@@ -22,10 +22,11 @@ from verimail_shared.jobs import (
     queue_of_key,
     serialize_job,
 )
+from verimail_shared.marks import Completions
 from verimail_shared.queue import connect, queue_counts, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
-from verimail_worker.completions import Completions
+from verimail_worker.heartbeat import Heartbeat
 from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
@@ -45,6 +46,7 @@ class VerimailWorker(WeightedWorker):
     """The weighted worker plus the queue gauges, refreshed with the heartbeat."""
 
     _gauges_at = 0.0
+    _heartbeat: Heartbeat | None = None
 
     async def _poll_iteration(self) -> None:
         # arq lets a lost Redis connection end the worker; ride the outage out instead. Jobs
@@ -57,10 +59,18 @@ class VerimailWorker(WeightedWorker):
 
     async def heart_beat(self) -> None:
         await super().heart_beat()
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.weights, self.max_jobs, self.health_check_interval)
+        await self._heartbeat.maybe_beat(self.pool, self.job_counter)
         if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_SECONDS:
             self._gauges_at = time.monotonic()
             await record_queue_depth(self.pool, self.weights)
             await record_dead_tasks(self.ctx["deps"])
+
+    async def close(self) -> None:
+        if self._heartbeat is not None and self._pool is not None:
+            await self._heartbeat.leave(self._pool)
+        await super().close()
 
 
 async def record_queue_depth(redis: ArqRedis, keys: Iterable[str]) -> None:
@@ -93,7 +103,6 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         deps = Deps.open(settings)
         ctx["deps"] = deps
         ctx["completions"] = Completions(deps.sessions)
-        ctx["completions"].start()
         ctx["relay"] = asyncio.create_task(run_relay(settings, deps.sessions, ctx["redis"]))
         metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
