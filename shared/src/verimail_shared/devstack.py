@@ -33,9 +33,10 @@ def services(settings: Settings, data_dir: Path) -> Iterator[dict[str, str]]:
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if "database_url" not in settings.model_fields_set:
-            postgres = EmbeddedPostgres(data_dir / "postgres")
+            postgres = EmbeddedPostgres(data_dir / "postgres", keep=True)
             postgres.start()
             stack.callback(postgres.stop)
+            print(f"[dev] PostgreSQL data in {postgres.pgdata}", flush=True)
             env["DATABASE_URL"] = postgres.create_database("verimail")
         if "redis_url" not in settings.model_fields_set:
             redis = EmbeddedRedis(data_dir / "redis")

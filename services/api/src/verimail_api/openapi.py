@@ -33,6 +33,7 @@ from verimail_api.schemas import (
 )
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 REF = "#/components/schemas/{model}"
 
 ERRORS = {
@@ -69,6 +70,7 @@ class Operation:
     other_answers: dict[int, tuple[type[BaseModel], str]] = field(default_factory=dict)
     description: str | None = None
     admin: bool = False
+    form: bool = False  # the body may come as an HTML form's fields too
 
 
 OPERATIONS = [
@@ -86,10 +88,26 @@ OPERATIONS = [
         "get",
         "verify_email",
         VerifyEmailResponse,
-        "verified (HTML for browsers that ask for it)",
+        "verified (for a browser: the page whose button uses the code)",
         (400, 404, 429, 503),
         query=VerifyEmailRequest,
         other_content={"text/html": "string"},
+        description="Uses the code. A browser (Accept: text/html first) gets instead a page "
+        "whose button POSTs the code, and HEAD never uses it, so that a mail scanner fetching "
+        "the link verifies nothing.",
+    ),
+    Operation(
+        "/v1/verify_email",
+        "post",
+        "confirm_verify_email",
+        VerifyEmailResponse,
+        "verified (an HTML page for browsers that ask for it)",
+        (400, 404, 413, 415, 429, 503),
+        body=VerifyEmailRequest,
+        other_content={"text/html": "string"},
+        description="Uses the code: what the verification page's button sends (a form), or an "
+        "API client (JSON).",
+        form=True,
     ),
     Operation(
         "/v1/resend_verify_email",
@@ -99,7 +117,10 @@ OPERATIONS = [
         "accepted",
         (400, 413, 415, 429, 503),
         body=ResendVerifyEmailRequest,
-        description="The same answer whether or not the address has an account.",
+        other_content={"text/html": "string"},
+        description="The same answer whether or not the address has an account. The expired "
+        "link page's form posts here too, and a browser gets a page as the answer.",
+        form=True,
     ),
     Operation("/healthz", "get", "healthz", Health, "the process runs"),
     Operation(
@@ -222,9 +243,10 @@ def _operation(operation: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     if parameters:
         result["parameters"] = parameters
     if operation.body is not None:
+        types = (JSON, FORM) if operation.form else (JSON,)
         result["requestBody"] = {
             "required": True,
-            "content": {JSON: {"schema": _ref(operation.body)}},
+            "content": {media_type: {"schema": _ref(operation.body)} for media_type in types},
         }
     others = {
         str(status): _json(_ref(model), description)

@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from verimail_api.dispatched import DispatchedMarks
 from verimail_api.passwords import Passwords
 from verimail_api.schemas import CreateUserRequest
 from verimail_shared import outbox
@@ -24,6 +23,7 @@ from verimail_shared.codes import code_matches
 from verimail_shared.db import transaction
 from verimail_shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from verimail_shared.jobs import SendVerifyEmailPayload, TaskName
+from verimail_shared.marks import DispatchedMarks
 from verimail_shared.settings import SignupEnqueue
 from verimail_shared.tables import OutboxTask, User, VerifyEmail, loaded
 
@@ -71,7 +71,11 @@ class CodeAlreadyUsed(FailedPrecondition):
 
 
 class CodeExpired(FailedPrecondition):
-    """The verification code is past its expiry."""
+    """The verification code is past its expiry; `email` is where a new one would go."""
+
+    def __init__(self, message: str, email: str = "") -> None:
+        super().__init__(message)
+        self.email = email
 
 
 @dataclass(frozen=True)
@@ -172,17 +176,20 @@ class Signup:
             return
         self.marks.add(loaded(job.id))
 
+    async def look_up_code(self, email_id: int, secret_code: str) -> str:
+        """The address a verification code was sent to, if using it now would verify it; raises
+        as `verify_email` would, but changes nothing: what a page may show before the click."""
+        async with self.sessions() as session:
+            row = await session.get(VerifyEmail, email_id)
+            return _usable(row, secret_code, datetime.now(UTC)).email
+
     async def verify_email(self, email_id: int, secret_code: str) -> None:
         """Use a verification code once: mark it used and the user verified, together."""
         now = datetime.now(UTC)
         async with transaction(self.sessions) as session:
-            row = await session.get(VerifyEmail, email_id, with_for_update=True)
-            if row is None or not code_matches(row.secret_code_hash, secret_code):
-                raise NotFound("verification not found")
-            if row.is_used:
-                raise CodeAlreadyUsed("verification code already used")
-            if loaded(row.expired_at) <= now:
-                raise CodeExpired("verification code expired")
+            row = _usable(
+                await session.get(VerifyEmail, email_id, with_for_update=True), secret_code, now
+            )
             row.is_used = True
             await session.execute(
                 update(User)
@@ -190,6 +197,17 @@ class Signup:
                 .values(is_email_verified=True)
             )
         log.info("email_verified", username=row.username, email_id=email_id)
+
+
+def _usable(row: VerifyEmail | None, secret_code: str, now: datetime) -> VerifyEmail:
+    """`row` if `secret_code` is its code and may be used at `now`; else why not, raised."""
+    if row is None or not code_matches(row.secret_code_hash, secret_code):
+        raise NotFound("verification not found")
+    if row.is_used:
+        raise CodeAlreadyUsed("verification code already used")
+    if loaded(row.expired_at) <= now:
+        raise CodeExpired("verification code expired", row.email)
+    return row
 
 
 def _duplicate_message(exc: IntegrityError) -> str:

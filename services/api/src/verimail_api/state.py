@@ -11,13 +11,13 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from verimail_api.dispatched import DispatchedMarks
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
 from verimail_api.ratelimit import Rate, RateLimiter, client_ip
 from verimail_api.signup import Signup
 from verimail_shared import db, outbox, queue
 from verimail_shared.jobs import TASK_QUEUES, TaskName
+from verimail_shared.marks import DispatchedMarks
 from verimail_shared.settings import Settings
 from verimail_shared.tables import OutboxTask
 

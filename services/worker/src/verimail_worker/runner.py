@@ -17,8 +17,8 @@ from arq.worker import Function, Retry, func
 
 from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
+from verimail_shared.marks import Completions
 from verimail_worker import deadletters
-from verimail_worker.completions import Completions
 from verimail_worker.metrics import (
     DURATION,
     FAILED,

@@ -17,7 +17,8 @@ from verimail_shared.errors import PermanentError, TransientError
 from verimail_shared.jobs import SendVerifyEmailPayload
 from verimail_shared.settings import Settings, SignupEnqueue
 from verimail_shared.tables import User, VerifyEmail
-from verimail_worker.mailer import Mailer, VerifyEmailLetter, render
+from verimail_worker.letter import VerifyEmailLetter, render
+from verimail_worker.smtp_pool import SmtpPool
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +28,7 @@ class Deps:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    mailer: Mailer
+    mailer: SmtpPool
 
     @classmethod
     def open(cls, settings: Settings) -> Deps:
@@ -35,7 +36,7 @@ class Deps:
         # No ping per checkout (a third of a task's round trips): after a PostgreSQL restart
         # the first use of each dead connection fails, and that attempt is retried.
         engine = db.create_engine(settings, pre_ping=False)
-        return cls(settings, engine, db.create_sessionmaker(engine), Mailer(settings))
+        return cls(settings, engine, db.create_sessionmaker(engine), SmtpPool(settings))
 
     async def close(self) -> None:
         await self.mailer.close()

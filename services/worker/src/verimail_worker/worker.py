@@ -21,10 +21,10 @@ from verimail_shared.jobs import (
     queue_of_key,
     serialize_job,
 )
+from verimail_shared.marks import Completions
 from verimail_shared.queue import connect, queue_counts, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
-from verimail_worker.completions import Completions
 from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
@@ -92,7 +92,6 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         deps = Deps.open(settings)
         ctx["deps"] = deps
         ctx["completions"] = Completions(deps.sessions)
-        ctx["completions"].start()
         ctx["relay"] = asyncio.create_task(run_relay(settings, deps.sessions, ctx["redis"]))
         metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)

@@ -1,94 +1,21 @@
-"""Rendering and sending the verification email over SMTP."""
+"""A small pool of SMTP connections to the configured server, reused for many messages
+(decision 013)."""
 
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
-from urllib.parse import urlencode
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
-from aiosmtplib.typing import Default, SMTPStatus
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from verimail_shared.settings import Settings, SmtpTls
+from verimail_worker.confirming_smtp import Confirm, ConfirmingSMTP
 
 # Many servers limit the messages per connection (often to 100) and answer 421 past it.
 MAX_MESSAGES_PER_CONNECTION = 100
 IDLE_CHECK_SECONDS = 30.0
-
-
-class _HeaderClasses(HeaderRegistry):
-    """The standard header classes, each made once: HeaderRegistry makes a new class on every
-    header set, which was a fifth of the CPU time of rendering a message."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._made: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        if key not in self._made:
-            self._made[key] = super().__getitem__(name)
-        return self._made[key]
-
-
-_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
-_templates = Environment(
-    loader=PackageLoader("verimail_worker", "templates"),
-    autoescape=select_autoescape(["html"]),
-    keep_trailing_newline=True,
-)
-
-
-@dataclass(frozen=True)
-class VerifyEmailLetter:
-    """What the verification email says, and to whom."""
-
-    to: str
-    full_name: str
-    email_id: int
-    secret_code: str
-    expires_at: datetime
-    job_id: str
-
-
-def verify_link(base_url: str, email_id: int, secret_code: str) -> str:
-    query = urlencode({"email_id": email_id, "secret_code": secret_code})
-    return f"{base_url.rstrip('/')}/v1/verify_email?{query}"
-
-
-def render(letter: VerifyEmailLetter, settings: Settings) -> EmailMessage:
-    link = verify_link(settings.public_base_url, letter.email_id, letter.secret_code)
-    fields = {
-        "full_name": letter.full_name,
-        "link": link,
-        "expires_at": f"{letter.expires_at:%Y-%m-%d %H:%M} UTC",
-    }
-    message = EmailMessage(policy=_POLICY)
-    message["From"] = settings.email_sender
-    message["To"] = letter.to
-    message["Subject"] = "Verify your email address"
-    message["Date"] = formatdate(localtime=False)
-    # One Message-ID per job: a re-sent copy of the same job is recognisably the same email.
-    message["Message-ID"] = f"<verify-{letter.job_id}@{_sender_domain(settings)}>"
-    message.set_content(_templates.get_template("verify_email.txt").render(fields))
-    message.add_alternative(
-        _templates.get_template("verify_email.html").render(fields), subtype="html"
-    )
-    return message
-
-
-def _sender_domain(settings: Settings) -> str:
-    address = parseaddr(settings.email_sender)[1]
-    return Address(addr_spec=address).domain if "@" in address else "verimail.invalid"
 
 
 @dataclass
@@ -98,50 +25,7 @@ class _Connection:
     messages: int = 0
 
 
-Confirm = Callable[[], Awaitable[object]]
-
-
-class ConfirmingSMTP(aiosmtplib.SMTP):
-    """An SMTP client whose DATA holds the final dot back until `confirm` has returned.
-
-    The server takes responsibility for a message only at the dot (RFC 5321 4.1.1.4). Checking
-    the database there, just before it, leaves one round trip between a check that passed and
-    the server's 250, instead of the whole conversation (decision 006).
-    """
-
-    confirm: Confirm | None = None
-
-    async def data(
-        self,
-        message: str | bytes,
-        /,
-        *,
-        timeout: float | Default | None = Default.token,  # noqa: ASYNC109 (aiosmtplib's signature)
-    ) -> aiosmtplib.SMTPResponse:
-        if self.confirm is None or self.protocol is None:
-            return await super().data(message, timeout=timeout)
-        if timeout is Default.token:
-            timeout = self.timeout
-        if isinstance(message, str):
-            message = message.encode("ascii")
-        start = await self.execute_command(b"DATA", timeout=timeout)
-        if start.code != SMTPStatus.start_input:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
-        # What aiosmtplib's own DATA sends, in two parts: the lines, then the dot.
-        self.protocol.write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)))
-        await self.confirm()
-        self.protocol.write(b".\r\n")
-        try:
-            response = await self.protocol.read_response(timeout=timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            self.close()
-            raise
-        if response.code != SMTPStatus.completed:
-            raise aiosmtplib.SMTPDataError(response.code, response.message)
-        return response
-
-
-class Mailer:
+class SmtpPool:
     """A small pool of SMTP connections to the configured server, each lent to one send at a
     time and reused for many messages; every command has a timeout.
 
