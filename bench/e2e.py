@@ -353,7 +353,7 @@ class CpuMeters:
         self.e2e = e2e
         self.side = psutil.Process(pid)
         self.sink = psutil.Process(e2e.sink.process.pid)
-        postmaster = (e2e.bench.postgres.data_dir / "postmaster.pid").read_text().split()[0]
+        postmaster = (e2e.bench.postgres.pgdata / "postmaster.pid").read_text().split()[0]
         self.postgres = psutil.Process(int(postmaster))
         self.before: dict[str, float] = {}
         self.at = 0.0

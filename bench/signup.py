@@ -221,7 +221,7 @@ async def signup_run(
     api: Api, bench: Bench, run: int, connections: int, warmup: float, duration: float
 ) -> dict[str, Any]:
     redis = Redis.from_url(bench.redis_server.url)
-    postgres_pid = int((bench.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    postgres_pid = int((bench.postgres.pgdata / "postmaster.pid").read_text().split()[0])
     started = time.perf_counter()
     window_start, window_end = started + warmup, started + warmup + duration
     answers: list[Answer] = []
