@@ -140,6 +140,8 @@ class Bench:
     @contextlib.contextmanager
     def running(cls, redis_url: str | None = None) -> Iterator[Bench]:
         """A started Bench in a temporary folder, stopped (and the folder removed) at the end."""
+        # A SIGTERM unwinds like Ctrl-C, so the servers stop and the folder goes.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
             bench = cls(Path(tmp), redis_url)
             try:
