@@ -32,7 +32,7 @@ class Chart:
 
 
 def _nice_max(value: int) -> int:
-    """The smallest 1, 2 or 5 times 10^n at or above `value` (at least 10), so that half of it is whole too."""
+    """The smallest 1, 2 or 5 times 10^n at or above `value` (at least 10): half is whole too."""
     step = 1
     while True:
         for factor in (1, 2, 5):
