@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.support.databases import create_database, drop_database
+from tests.support.services import database
 from tests.support.smtp import SmtpServer
-from verimail_shared import queue
+from verimail_shared import db, queue
 from verimail_shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from verimail_shared.migrate import upgrade
 from verimail_shared.settings import Settings
@@ -105,3 +107,15 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test database, disposed of after the test."""
+    async with database(settings) as engine:
+        yield engine
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return db.create_sessionmaker(engine)

@@ -357,7 +357,8 @@ class Inspector:
             raise FailedPrecondition(f"job {job_id} is running; it cannot be deleted now")
         if result == -1:
             return Outcome(f"job {job_id} is not in queue {queue_name} any more", changed=False)
-        await outbox.mark_completed(self.sessions, job_id)
+        async with transaction(self.sessions) as session:
+            await outbox.mark_completed(session, [job_id])
         return Outcome(f"job {job_id} deleted")
 
     # Dead letters

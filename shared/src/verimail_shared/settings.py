@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
     signup_enqueue: SignupEnqueue = SignupEnqueue.OUTBOX
 
+    # Fields alike in shape are declarations, one per environment variable: nothing to share.
     # The outbox relay (runs in every worker)
     outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_relay_after_seconds: float = Field(default=5.0, ge=0)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,16 +17,23 @@ from starlette.routing import BaseRoute
 from verimail_api import admin, console
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.headers import SecurityHeadersMiddleware
+from verimail_api.limits import RequestLimitsMiddleware
 from verimail_api.metrics import EventLoopLagSampler
 from verimail_api.middleware import RequestContextMiddleware, UnexpectedErrorMiddleware
-from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
+from verimail_api.routes import routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
 from verimail_shared.settings import Settings, get_settings
 
+log = structlog.get_logger(__name__)
+
 
 def middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(RequestContextMiddleware), Middleware(SecurityHeadersMiddleware)]
+    stack = [
+        Middleware(RequestContextMiddleware),
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(RequestLimitsMiddleware),
+    ]
     if settings.cors_origins:  # off unless asked for: the API serves no browser app itself
         stack.append(
             Middleware(
@@ -61,6 +70,8 @@ def create_app(settings: Settings | None = None, *, admin_only: bool = False) ->
         app.state.verimail = state
         lag = EventLoopLagSampler()
         lag.start()
+        loop = type(asyncio.get_running_loop())
+        log.info("api_started", event_loop=f"{loop.__module__}.{loop.__qualname__}")
         try:
             yield
         finally:
@@ -71,8 +82,6 @@ def create_app(settings: Settings | None = None, *, admin_only: bool = False) ->
         routes=app_routes,
         middleware=middleware(settings),
         exception_handlers={
-            BodyTooLarge: body_error,
-            UnsupportedMediaType: body_error,
             HTTPException: handle_http_exception,
             VerimailError: handle_exception,
             DBAPIError: handle_exception,

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+import uvloop
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
@@ -21,10 +22,10 @@ from verimail_shared.jobs import (
     queue_of_key,
     serialize_job,
 )
+from verimail_shared.marks import Completions
 from verimail_shared.queue import connect, queue_counts, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
-from verimail_worker.completions import Completions
 from verimail_worker.heartbeat import Heartbeat
 from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
@@ -102,7 +103,6 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         deps = Deps.open(settings)
         ctx["deps"] = deps
         ctx["completions"] = Completions(deps.sessions)
-        ctx["completions"].start()
         ctx["relay"] = asyncio.create_task(run_relay(settings, deps.sessions, ctx["redis"]))
         metrics.initialise([task.value for task in TaskName], list(settings.worker_queues))
         log.info("worker_started", queues=settings.worker_queues, max_jobs=settings.worker_max_jobs)
@@ -141,7 +141,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
-    """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
+    """The worker for `settings`; tests pass overrides such as `handle_signals=False`.
+
+    arq's Worker runs on the event loop that is current when it is built: outside a running
+    loop (the `verimail-worker` command, the benchmarks) that is made a uvloop loop here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(uvloop.new_event_loop())
     return VerimailWorker(**{**worker_settings(settings), **overrides})
 
 
