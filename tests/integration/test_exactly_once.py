@@ -9,9 +9,11 @@ import asyncpg
 import pytest
 import structlog
 from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tests.support.outbox import outbox_rows
 from tests.support.polling import eventually
-from tests.support.services import api_client, database, fetch_value, running_worker
+from tests.support.services import api_client, execute, fetch_value, running_worker
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared import db, outbox
@@ -154,20 +156,10 @@ async def test_a_defer_of_zero_is_safe_the_worker_never_runs_before_the_commit(
 
 
 async def test_the_relay_enqueues_each_undispatched_row_once_even_with_several_relays(
-    settings: Settings, redis: ArqRedis
+    redis: ArqRedis, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    engine = db.create_engine(settings)
-    sessions = db.create_sessionmaker(engine)
-    rows = [
-        outbox.new_task(
-            TaskName.SEND_VERIFY_EMAIL,
-            SendVerifyEmailPayload(username=f"nobody_{n}", max_tries=1),
-            defer_seconds=60,
-        )
-        for n in range(30)
-    ]
-    async with db.transaction(sessions) as session:
-        session.add_all(rows)
+    names = [f"nobody_{n}" for n in range(30)]
+    rows = await outbox_rows(sessions, *names, defer_seconds=60)
     relayed = await asyncio.gather(
         *(outbox.relay(sessions, redis, older_than_seconds=0, batch=7) for _ in range(6))
     )
@@ -177,12 +169,11 @@ async def test_the_relay_enqueues_each_undispatched_row_once_even_with_several_r
     assert queued == {row.job_id for row in rows}
     assert sum(relayed) <= 30
     pending = await fetch_value(engine, "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL")
-    await engine.dispose()
     assert pending == 0
 
 
 async def test_a_task_for_a_user_that_does_not_exist_is_a_dead_letter_at_once(
-    settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
+    settings: Settings, redis: ArqRedis, smtp_server: SmtpServer, engine: AsyncEngine
 ) -> None:
     payload = SendVerifyEmailPayload(username=f"ghost_{uuid.uuid4().hex[:8]}", max_tries=10)
     job_id = uuid.uuid4().hex
@@ -192,77 +183,54 @@ async def test_a_task_for_a_user_that_does_not_exist_is_a_dead_letter_at_once(
         _job_id=job_id,
         _queue_name=queue_key(Queue.CRITICAL),
     )
-    async with database(settings) as engine:
-        async with running_worker(settings):
-            dead = await eventually(
-                lambda: fetch_value(
-                    engine, "SELECT last_error FROM dead_tasks WHERE job_id = :j", j=job_id
-                )
+    async with running_worker(settings):
+        dead = await eventually(
+            lambda: fetch_value(
+                engine, "SELECT last_error FROM dead_tasks WHERE job_id = :j", j=job_id
             )
-        tries = await fetch_value(
-            engine, "SELECT tries FROM dead_tasks WHERE job_id = :j", j=job_id
         )
+    tries = await fetch_value(engine, "SELECT tries FROM dead_tasks WHERE job_id = :j", j=job_id)
     assert "does not exist" in dead
     assert tries == 1
     assert smtp_server.messages == []
 
 
 async def test_the_reconciler_requeues_only_unfinished_jobs_that_redis_lost(
-    settings: Settings, redis: ArqRedis
+    redis: ArqRedis, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    engine = db.create_engine(settings)
-    sessions = db.create_sessionmaker(engine)
-
-    def row(name: str) -> OutboxTask:
-        payload = SendVerifyEmailPayload(username=name, max_tries=1)
-        return outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=60)
-
-    lost, queued, finished = row("lost"), row("queued"), row("finished")
-    async with db.transaction(sessions) as session:
-        session.add_all([lost, queued, finished])
+    lost, queued, finished = await outbox_rows(
+        sessions, "lost", "queued", "finished", defer_seconds=60
+    )
     await outbox.enqueue(redis, queued)
-    async with engine.begin() as connection:
-        from sqlalchemy import text
-
-        await connection.execute(
-            text(
-                "UPDATE outbox SET dispatched_at = now() - interval '2 minutes', "
-                "completed_at = CASE WHEN job_id = :f THEN now() END WHERE job_id IN (:l, :q, :f)"
-            ),
-            {"l": lost.job_id, "q": queued.job_id, "f": finished.job_id},
-        )
+    await execute(
+        engine,
+        "UPDATE outbox SET dispatched_at = now() - interval '2 minutes', "
+        "completed_at = CASE WHEN job_id = :f THEN now() END WHERE job_id IN (:l, :q, :f)",
+        l=lost.job_id,
+        q=queued.job_id,
+        f=finished.job_id,
+    )
     assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 1
     assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 0  # checked rows wait
-    await engine.dispose()
     queued_ids = {j.decode() for j in await redis.zrange(queue_key(Queue.CRITICAL), 0, -1)}
     assert queued_ids == {lost.job_id, queued.job_id}
 
 
 async def test_the_reconciler_marks_a_finished_job_whose_completion_mark_was_lost(
-    settings: Settings, redis: ArqRedis
+    redis: ArqRedis, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    engine = db.create_engine(settings)
-    sessions = db.create_sessionmaker(engine)
-    payload = SendVerifyEmailPayload(username="done", max_tries=1)
-    done = outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, defer_seconds=0)
-    async with db.transaction(sessions) as session:
-        session.add(done)
+    (done,) = await outbox_rows(sessions, "done")
     # arq's record of a successful run
     await redis.set(f"arq:result:{done.job_id}", serialize_job({"s": True, "r": None}))
-    async with engine.begin() as connection:
-        from sqlalchemy import text
-
-        await connection.execute(
-            text(
-                "UPDATE outbox SET dispatched_at = now() - interval '2 minutes' WHERE job_id = :j"
-            ),
-            {"j": done.job_id},
-        )
+    await execute(
+        engine,
+        "UPDATE outbox SET dispatched_at = now() - interval '2 minutes' WHERE job_id = :j",
+        j=done.job_id,
+    )
     assert await outbox.reconcile(sessions, redis, older_than_seconds=60) == 0
     completed = await fetch_value(
         engine, "SELECT completed_at IS NOT NULL FROM outbox WHERE job_id = :j", j=done.job_id
     )
-    await engine.dispose()
     assert completed
     assert await redis.zcard(queue_key(Queue.CRITICAL)) == 0
 

@@ -31,8 +31,8 @@ class SentinelCluster:
 
     def __init__(self, directory: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.directory = directory
-        self.down_after_ms = down_after_ms
         self.server = str(valkey_server_path())
+        self.down_after_ms = down_after_ms
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[int, Process] = {}

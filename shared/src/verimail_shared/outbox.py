@@ -48,6 +48,7 @@ async def enqueue(redis: ArqRedis, row: OutboxTask) -> bool:
 
 
 async def mark_dispatched(session: AsyncSession, ids: list[int]) -> None:
+    """The rows' jobs are in Redis: the relay need not enqueue them (the reconciler checks)."""
     await session.execute(
         update(OutboxTask)
         .where(col(OutboxTask.id).in_(ids))
@@ -85,16 +86,16 @@ async def relay(
     return len(rows)
 
 
-async def mark_completed(sessions: async_sessionmaker[AsyncSession], *job_ids: str) -> None:
+async def mark_completed(session: AsyncSession, job_ids: list[str]) -> None:
     """The jobs are done (processed, or dead letters): Redis no longer needs to hold them."""
-    async with transaction(sessions) as session:
-        await session.execute(
-            update(OutboxTask)
-            .where(col(OutboxTask.job_id).in_(job_ids), col(OutboxTask.completed_at).is_(None))
-            .values(completed_at=datetime.now(UTC))
-        )
+    await session.execute(
+        update(OutboxTask)
+        .where(col(OutboxTask.job_id).in_(job_ids), col(OutboxTask.completed_at).is_(None))
+        .values(completed_at=datetime.now(UTC))
+    )
 
 
+# Called like `relay`, by the same loop in every worker: the signatures match on purpose.
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession],
     redis: ArqRedis,
@@ -142,11 +143,7 @@ async def reconcile(
         ]
         lost = [row for row, result in gone if row.job_id not in finished]
         if finished:
-            await session.execute(
-                update(OutboxTask)
-                .where(col(OutboxTask.job_id).in_(finished))
-                .values(completed_at=datetime.now(UTC))
-            )
+            await mark_completed(session, finished)
         for row in lost:
             await redis.delete(result_key_prefix + row.job_id)  # arq enqueues no id with one
             await enqueue(redis, row)

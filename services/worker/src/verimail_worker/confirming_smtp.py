@@ -6,7 +6,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.protocol import (  # pinned internals
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
 from aiosmtplib.typing import Default, SMTPStatus
 
 Confirm = Callable[[], Awaitable[object]]

@@ -15,6 +15,8 @@ from verimail_worker.confirming_smtp import Confirm, ConfirmingSMTP, UnansweredD
 
 # Many servers limit the messages per connection (often to 100) and answer 421 past it.
 MAX_MESSAGES_PER_CONNECTION = 100
+# A message whose final dot got no answer is sent again, the same bytes, this many times.
+UNANSWERED_DATA_RESENDS = 2
 IDLE_CHECK_SECONDS = 30.0
 # A message whose final dot got no answer is sent again, the same bytes, this many times.
 UNANSWERED_DATA_RESENDS = 2
