@@ -709,14 +709,20 @@ class Soak:
         return failed
 
     def attempts(self) -> Counter[str]:
-        """How many times each job started, from the workers' logs."""
-        started: Counter[str] = Counter()
+        """How many tries of each job the workers' logs show (the highest `job_try`)."""
+        tries: Counter[str] = Counter()
         for path in self.root.glob("worker*.log"):
             for line in path.read_text(errors="replace").splitlines():
-                if '"task_started"' in line:
-                    with contextlib.suppress(ValueError):
-                        started[json.loads(line).get("job_id", "")] += 1
-        return started
+                if '"job_try"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                job, number = record.get("job_id"), record.get("job_try")
+                if isinstance(job, str) and isinstance(number, int):
+                    tries[job] = max(tries[job], number)
+        return tries
 
     def around(self, start: float, end: float) -> list[str]:
         return [
