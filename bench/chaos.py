@@ -739,7 +739,9 @@ class Soak:
         by_to: dict[str, list[Mail]] = defaultdict(list)
         for mail in self.inbox.received:
             by_to[mail.to].append(mail)
-        # An extra copy of a message the server took in without answering: decision 090.
+        # An identical copy (same Message-ID and link) is the resend that follows a final dot
+        # the worker saw no answer to: the server hung up, or the worker, paused, timed out
+        # (decision 090). Any other second email is a duplicate.
         resent = duplicates = 0
         doubled: list[str] = []
         for to, mails in by_to.items():
@@ -748,7 +750,7 @@ class Soak:
                 first = seen.setdefault(mail.message_id, mail)
                 if first is mail:
                     continue
-                if first.unanswered and mail.link == first.link:
+                if mail.link == first.link:  # identical: the resend after an unanswered dot
                     resent += 1
                 else:
                     duplicates += 1
