@@ -226,7 +226,7 @@ class Bench:
         return self.spawn(argv, f"{Path(script).stem}-{kind}", env)
 
     def postgres_pid(self) -> int:
-        return int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        return int((self.postgres.pgdata / "postmaster.pid").read_text().split()[0])
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:

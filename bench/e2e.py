@@ -10,10 +10,10 @@ them), then sends their verification emails into an SMTP sink, once per side:
   `verimail-worker` command runs them as deployed (JSON logs, metrics server, default queues,
   max_jobs and poll delay; VERIFY_EMAIL_DEFER_SECONDS=0).
 - `loop`: one process runs the task's own function, `send_verify_email`, for every user, with
-  as many coroutines as the worker's max_jobs and the worker's dependencies (engine, Mailer).
+  as many coroutines as the worker's max_jobs and the worker's dependencies (engine, SMTP pool).
   The outbox completion mark is queue bookkeeping (the runner's), so the loop has none.
 - `smtp`: the sink's check. One process sends the same messages, rendered beforehand, through
-  the same Mailer with the same concurrency, and nothing else: the rate the sink takes when
+  the same SmtpPool with the same concurrency, and nothing else: the rate the sink takes when
   nothing but SMTP is asked of it, which the other sides must stay well below.
 
 The sink is aiosmtpd in a process of its own that only counts and keeps recipients; the rate is
@@ -178,8 +178,9 @@ async def tight_loop(concurrency: int) -> None:
 
 
 async def smtp_only(concurrency: int) -> None:
-    """Every user's email, rendered before the first is sent, through the Mailer alone."""
-    from verimail_worker.mailer import Mailer, VerifyEmailLetter, render
+    """Every user's email, rendered before the first is sent, through the SMTP pool alone."""
+    from verimail_worker.letter import VerifyEmailLetter, render
+    from verimail_worker.smtp_pool import SmtpPool
 
     settings = get_settings()
     engine = db.create_engine(settings)
@@ -193,7 +194,7 @@ async def smtp_only(concurrency: int) -> None:
             for n, (email, name) in enumerate(users)
         ]
     )
-    mailer = Mailer(settings, size=concurrency)
+    mailer = SmtpPool(settings, size=concurrency)
 
     async def run() -> None:
         for message in messages:

@@ -24,6 +24,8 @@ from verimail_shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from verimail_shared.migrate import upgrade
 from verimail_shared.settings import Settings
 
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.fixture(scope="session")
 def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

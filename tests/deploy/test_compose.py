@@ -6,6 +6,7 @@ vendors, and the rest reads the file for the properties the README and docs/depl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.processes import command
+from verimail_shared.embedded import valkey_server_path
 from verimail_shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +87,7 @@ def test_prometheus_discovers_every_replica_by_dns(compose: dict[str, Any]) -> N
 
 def test_api_and_worker_wait_for_the_migration(compose: dict[str, Any]) -> None:
     all_services = services(compose)
-    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate"]
+    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate", "--create-database"]
     assert all_services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("api", "worker"):
         depends = all_services[name]["depends_on"]
@@ -97,7 +99,7 @@ def test_datastores_are_pinned_persistent_and_checked(compose: dict[str, Any]) -
     all_services = services(compose)
     postgres, redis = all_services["postgres"], all_services["redis"]
     assert re.fullmatch(r"postgres:\d+(-[a-z]+)?", postgres["image"])
-    assert re.fullmatch(r"redis:\d+\.\d+(-[a-z]+)?", redis["image"])
+    assert re.fullmatch(r"valkey/valkey:\d+\.\d+(-[a-z]+)?", redis["image"])
     for service in (postgres, redis):
         assert service["healthcheck"]["test"]
         assert service["volumes"][0].split(":")[0] in compose["volumes"]
@@ -119,3 +121,30 @@ def test_grafana_is_provisioned_from_files_for_anonymous_viewers(compose: dict[s
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert {"mailpit", "prometheus"} <= set(services(compose))
+
+
+def embedded_valkey_major() -> str:
+    version = subprocess.run(
+        [str(valkey_server_path()), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"v=(\d+)\.", version)
+    assert match, version
+    return match.group(1)
+
+
+def test_compose_and_the_deploy_docs_name_the_server_major_the_tests_run(
+    compose: dict[str, Any],
+) -> None:
+    major = embedded_valkey_major()
+    image = services(compose)["redis"]["image"]
+    assert image.split(":")[1].split(".")[0] == major, image
+    assert f"Valkey {major}" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_the_api_trusts_forwarded_for_only_from_the_compose_networks(
+    compose: dict[str, Any],
+) -> None:
+    environment = services(compose)["api"]["environment"]
+    settings = Settings(_env_file=None, trusted_proxies=environment["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
+    assert networks and all(network.is_private for network in networks)

@@ -1,6 +1,6 @@
 """Redis Sentinel drill: the master dies under signups; after failover nothing is lost or doubled.
 
-A master, a replica and three sentinels (Debian's binaries) on loopback; the real
+A master, a replica and three sentinels (the embedded Valkey server) on loopback; the real
 `verimail-api` and `verimail-worker` find the master through REDIS_SENTINELS. Signups flow
 before, during and after the master is SIGKILLed. Every signup answered 200 must get exactly one
 email: the outbox covers enqueues that failed or that the dead master took with it, the per-job

@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.polling import eventually
-from tests.support.processes import Service, command, system_env
+from tests.support.processes import Service, command, running_system, system_env
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
 from verimail_shared.embedded import free_port, wait_for_port
@@ -22,21 +22,14 @@ from verimail_shared.settings import Settings
 
 @pytest.fixture
 def system(settings: Settings, redis: ArqRedis, tmp_path: Path) -> Iterator[dict[str, object]]:
-    api_port, metrics_port = free_port(), free_port()
-    env = system_env(settings, api_port, metrics_port)
-    api = Service("verimail-api", env, tmp_path / "api.log")
-    worker = Service("verimail-worker", env, tmp_path / "worker.log")
-    wait_for_port(api_port, 30)
-    wait_for_port(metrics_port, 30)
-    yield {
-        "api": api,
-        "worker": worker,
-        "env": env,
-        "api_port": api_port,
-        "metrics_port": metrics_port,
-    }
-    api.stop()
-    worker.stop()
+    with running_system(settings, tmp_path) as running:
+        yield {
+            "api": running.api,
+            "worker": running.worker,
+            "env": running.env,
+            "api_port": running.api_port,
+            "metrics_port": running.metrics_port,
+        }
 
 
 def metric(text: str, name: str, labels: dict[str, str]) -> float | None:

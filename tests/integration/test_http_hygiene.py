@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -10,9 +13,12 @@ from arq.connections import ArqRedis
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tests.support.polling import eventually
+from tests.support.processes import Service
 from tests.support.services import api_client
 from tests.support.users import new_user
 from verimail_api.app import create_app
+from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
 
 HTML = {"Accept": "text/html"}
@@ -132,12 +138,27 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_read(
     assert answer.status_code == 413
 
 
-async def test_very_long_query_strings_are_400(settings: Settings, redis: ArqRedis) -> None:
+async def test_very_long_query_strings_are_refused_in_the_error_shape(
+    settings: Settings, redis: ArqRedis
+) -> None:
     async with api_client(settings) as client:
         long_code = await client.get(f"/v1/verify_email?email_id=1&secret_code={'x' * 50_000}")
         long_id = await client.get(f"/v1/verify_email?email_id={'9' * 5000}&secret_code={'x' * 43}")
         junk = await client.get("/v1/verify_email?" + "&".join(f"k{n}=v" for n in range(3000)))
-    assert [long_code.status_code, long_id.status_code, junk.status_code] == [400, 400, 400]
+    assert [long_code.status_code, long_id.status_code, junk.status_code] == [414, 400, 414]
+    violation = long_code.json()["details"][0]["field_violations"][0]
+    assert violation == {"field": "url", "description": "must be at most 8192 bytes"}
+
+
+async def test_a_wrong_method_is_405_with_an_allow_header(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    async with api_client(settings) as client:
+        wrong = await client.get("/v1/create_user")
+        also_wrong = await client.post("/healthz")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"code": 12, "message": "Method Not Allowed", "details": []}
+    assert set(also_wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
 async def test_metrics_can_move_to_their_own_port(settings: Settings, redis: ArqRedis) -> None:
@@ -200,3 +221,98 @@ async def test_a_bug_is_a_500_in_the_error_shape_with_every_header(
     assert answer.headers["referrer-policy"] == "no-referrer"
     assert answer.headers["x-request-id"] == "bug-1"
     assert "a bug" not in answer.text
+
+
+# ---------------------------------------------------------------- the real server (uvicorn)
+
+
+@pytest.fixture(scope="module")
+def served(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Service, int]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_PORT": str(port),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    api = Service("verimail-api", env, tmp_path_factory.mktemp("hygiene") / "api.log")
+    wait_for_port(port, 30)
+    yield api, port
+    api.stop()
+
+
+def exchange(port: int, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send a raw request (with `Connection: close`); the status, headers and body answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    header_block, _, body = rest.partition(b"\r\n\r\n")
+    headers = {}
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def get(path: str, *headers: bytes) -> bytes:
+    lines = [f"GET {path} HTTP/1.1".encode(), b"Host: localhost", *headers, b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [10_000, 100_000, 1_000_000])
+def test_uvicorn_lets_the_app_refuse_a_long_query_string_with_414(
+    served: tuple[Service, int], size: int
+) -> None:
+    _, port = served
+    status, headers, body = exchange(port, get("/v1/verify_email?secret_code=" + "x" * size))
+    assert status == 414
+    assert headers["content-type"] == "application/json"
+    assert headers["x-request-id"] and headers["x-content-type-options"] == "nosniff"
+    assert json.loads(body)["details"][0]["field_violations"][0]["field"] == "url"
+
+
+@pytest.mark.parametrize("size", [20_000, 100_000, 1_000_000])
+def test_uvicorn_lets_the_app_refuse_oversized_headers_with_431(
+    served: tuple[Service, int], size: int
+) -> None:
+    _, port = served
+    status, headers, body = exchange(port, get("/healthz", b"X-Big: " + b"x" * size))
+    assert status == 431
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["details"][0]["field_violations"][0]["field"] == "headers"
+
+
+def test_uvicorn_answers_an_unparsable_request_in_the_error_shape(
+    served: tuple[Service, int],
+) -> None:
+    _, port = served
+    status, headers, body = exchange(port, b"GET /healthz HTTP/1.1\r\nHost localhost\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "code": 3,
+        "message": "Invalid HTTP request received.",
+        "details": [],
+    }
+
+
+def test_uvicorn_serves_a_405_with_its_allow_header(served: tuple[Service, int]) -> None:
+    _, port = served
+    status, headers, body = exchange(port, get("/v1/create_user"))
+    assert (status, headers["allow"], json.loads(body)["code"]) == (405, "POST", 12)
+
+
+async def test_the_server_runs_on_uvloop_and_httptools(served: tuple[Service, int]) -> None:
+    api, port = served
+    started = await eventually(lambda: api.events("api_started"), message="no api_started")
+    serving = api.events("api_serving")
+    assert started[0]["event_loop"] == "uvloop.Loop"
+    assert serving[0]["http"] == "BoundedHttpToolsProtocol" and serving[0]["loop"] == "uvloop"
+    assert exchange(port, get("/healthz"))[0] == 200

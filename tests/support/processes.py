@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
 
 
@@ -93,3 +97,34 @@ def system_env(
         "LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+@dataclass(frozen=True)
+class System:
+    """`verimail-api` and `verimail-worker` running against the test servers."""
+
+    api: Service
+    worker: Service
+    env: dict[str, str]
+    api_port: int
+    metrics_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+@contextlib.contextmanager
+def running_system(settings: Settings, logs: Path, **extra: str) -> Iterator[System]:
+    """Start both commands, wait until they listen, stop them at the end."""
+    api_port, metrics_port = free_port(), free_port()
+    env = system_env(settings, api_port, metrics_port, **extra)
+    api = Service("verimail-api", env, logs / "api.log")
+    worker = Service("verimail-worker", env, logs / "worker.log")
+    try:
+        wait_for_port(api_port, 30)
+        wait_for_port(metrics_port, 30)
+        yield System(api, worker, env, api_port, metrics_port)
+    finally:
+        api.stop()
+        worker.stop()

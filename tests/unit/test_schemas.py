@@ -113,3 +113,19 @@ def test_verify_query_rejects_bad_ids(email_id: str) -> None:
 def test_rfc3339_matches_protobuf_timestamps() -> None:
     assert rfc3339(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00Z"
     assert rfc3339(datetime(2026, 11, 22, 8, 5, 3, 120000, tzinfo=UTC)) == "2026-11-22T08:05:03.12Z"
+
+
+def test_length_and_bound_messages_name_the_fields_own_limits() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse(VerifyEmailRequest, {"email_id": "0", "secret_code": "short"})
+    found = {v.field: v.description for v in caught.value.violations}
+    assert found == {
+        "email_id": f"must be an integer from 1 to {2**63 - 1}",
+        "secret_code": "must contain from 32-128 characters",
+    }
+
+
+def test_a_username_outside_the_pattern_says_which_characters_are_allowed() -> None:
+    assert violations({**VALID, "username": "Alice"}) == {
+        "username": "must contain only lowercase letters, digits, or underscore"
+    }

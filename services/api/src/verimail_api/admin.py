@@ -8,31 +8,32 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
 from sqlmodel import col
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from verimail_api.schemas import rfc3339
+from verimail_api.responses import JSONAnswer
+from verimail_api.schemas import DeadTask as DeadTaskAnswer
+from verimail_api.schemas import (
+    DeadTaskResponse,
+    DeadTasksQuery,
+    DeadTasksResponse,
+    QueueCounts,
+    QueuesResponse,
+    parse,
+)
 from verimail_api.state import State
 from verimail_shared import queue
 from verimail_shared.db import transaction
-from verimail_shared.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    Unauthenticated,
-)
+from verimail_shared.errors import FailedPrecondition, NotFound, Unauthenticated
 from verimail_shared.jobs import Queue, TaskName
 from verimail_shared.tables import DeadTask, OutboxTask
 
 log = structlog.get_logger(__name__)
-MAX_LIMIT = 1000
 
 
 def authorize(request: Request) -> State:
@@ -48,30 +49,17 @@ def authorize(request: Request) -> State:
     return state
 
 
-def dead_task_body(row: DeadTask) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "job_id": row.job_id,
-        "task": row.task,
-        "queue": row.queue,
-        "payload": row.payload,
-        "tries": row.tries,
-        "last_error": row.last_error,
-        "failed_at": rfc3339(row.failed_at) if row.failed_at else None,
-        "requeued_at": rfc3339(row.requeued_at) if row.requeued_at else None,
-    }
-
-
 async def list_dead_tasks(request: Request) -> Response:
     """Newest first; `?include_requeued=true` shows those re-queued already, `?limit=` caps."""
     state = authorize(request)
-    limit = _limit(request.query_params.get("limit", "100"))
-    statement = select(DeadTask).order_by(col(DeadTask.id).desc()).limit(limit)
-    if request.query_params.get("include_requeued", "false").lower() != "true":
+    query = parse(DeadTasksQuery, dict(request.query_params))
+    statement = select(DeadTask).order_by(col(DeadTask.id).desc()).limit(query.limit)
+    if not query.include_requeued:
         statement = statement.where(col(DeadTask.requeued_at).is_(None))
     async with state.signup.sessions() as session:
         rows = (await session.scalars(statement)).all()
-    return JSONResponse({"dead_tasks": [dead_task_body(row) for row in rows]})
+    dead_tasks = [DeadTaskAnswer.model_validate(row) for row in rows]
+    return JSONAnswer(DeadTasksResponse(dead_tasks=dead_tasks))
 
 
 async def retry_dead_task(request: Request) -> Response:
@@ -97,7 +85,7 @@ async def retry_dead_task(request: Request) -> Response:
             .values(completed_at=None, dispatched_at=row.requeued_at)
         )
     log.info("dead_task_requeued", dead_task_id=dead_id, job_id=row.job_id, task=row.task)
-    return JSONResponse({"dead_task": dead_task_body(row)})
+    return JSONAnswer(DeadTaskResponse(dead_task=DeadTaskAnswer.model_validate(row)))
 
 
 async def queues(request: Request) -> Response:
@@ -112,28 +100,20 @@ async def queues(request: Request) -> Response:
             .group_by(col(DeadTask.queue))
         )
         dead = {name: count for name, count in rows}
-    return JSONResponse(
-        {
-            "queues": [
-                {
-                    "name": name,
-                    "ready": counts[name].ready,
-                    "deferred": counts[name].deferred,
-                    "in_progress": counts[name].in_progress,
-                    "dead": dead.get(name, 0),
-                }
+    return JSONAnswer(
+        QueuesResponse(
+            queues=[
+                QueueCounts(
+                    name=name,
+                    ready=counts[name].ready,
+                    deferred=counts[name].deferred,
+                    in_progress=counts[name].in_progress,
+                    dead=dead.get(name, 0),
+                )
                 for name in names
             ]
-        }
-    )
-
-
-def _limit(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidArgument(
-            [FieldViolation("limit", f"must be an integer from 1 to {MAX_LIMIT}")]
         )
-    return int(raw)
+    )
 
 
 ROUTES = [

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 
-from verimail_api import admin
+from verimail_api import admin, console
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.headers import SecurityHeadersMiddleware
+from verimail_api.limits import RequestLimitsMiddleware
 from verimail_api.metrics import EventLoopLagSampler
 from verimail_api.middleware import RequestContextMiddleware, UnexpectedErrorMiddleware
-from verimail_api.routes import BodyTooLarge, UnsupportedMediaType, body_error, routes
+from verimail_api.routes import routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
 from verimail_shared.settings import Settings, get_settings
 
+log = structlog.get_logger(__name__)
+
 
 def middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(RequestContextMiddleware), Middleware(SecurityHeadersMiddleware)]
+    stack = [
+        Middleware(RequestContextMiddleware),
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(RequestLimitsMiddleware),
+    ]
     if settings.cors_origins:  # off unless asked for: the API serves no browser app itself
         stack.append(
             Middleware(
@@ -38,8 +48,21 @@ def middleware(settings: Settings) -> list[Middleware]:
     return [*stack, Middleware(UnexpectedErrorMiddleware)]  # innermost
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def operator_routes(settings: Settings) -> list[BaseRoute]:
+    """/v1/admin/* (404 without ADMIN_TOKEN) and, with ADMIN_TOKEN, the console at /admin/."""
+    return [*admin.ROUTES, *(console.routes() if settings.admin_token else [])]
+
+
+def create_app(settings: Settings | None = None, *, admin_only: bool = False) -> Starlette:
+    """The API; with ADMIN_PORT set, the operator routes are served by a second app of their
+    own (`admin_only`), and the API's app leaves them out."""
     settings = settings or get_settings()
+    if admin_only:
+        app_routes: list[BaseRoute] = operator_routes(settings)
+    elif settings.admin_port is not None:
+        app_routes = [*routes(settings)]
+    else:
+        app_routes = [*routes(settings), *operator_routes(settings)]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -47,6 +70,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.verimail = state
         lag = EventLoopLagSampler()
         lag.start()
+        loop = type(asyncio.get_running_loop())
+        log.info("api_started", event_loop=f"{loop.__module__}.{loop.__qualname__}")
         try:
             yield
         finally:
@@ -54,11 +79,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.close()
 
     return Starlette(
-        routes=[*routes(settings), *admin.ROUTES],
+        routes=app_routes,
         middleware=middleware(settings),
         exception_handlers={
-            BodyTooLarge: body_error,
-            UnsupportedMediaType: body_error,
             HTTPException: handle_http_exception,
             VerimailError: handle_exception,
             DBAPIError: handle_exception,

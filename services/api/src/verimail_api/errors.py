@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -11,8 +11,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
+from verimail_api.responses import JSONAnswer
+from verimail_api.schemas import BadRequest, BadRequestFieldViolation, Status
 from verimail_shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -68,19 +69,15 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def status_body(
-    code: int, message: str, details: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    return {"code": code, "message": message, "details": details or []}
-
-
 def status_response(
     code: int,
     message: str,
-    details: list[dict[str, Any]] | None = None,
+    details: list[BadRequest] | None = None,
     http_status: int | None = None,
-) -> JSONResponse:
-    return JSONResponse(status_body(code, message, details), http_status or HTTP_STATUS[code])
+    headers: Mapping[str, str] | None = None,
+) -> JSONAnswer:
+    status = Status(code=code, message=message, details=details or [])
+    return JSONAnswer(status, http_status or HTTP_STATUS[code], headers)
 
 
 def grpc_code(exc: VerimailError) -> int:
@@ -90,23 +87,23 @@ def grpc_code(exc: VerimailError) -> int:
     return INTERNAL
 
 
-def error_response(exc: Exception) -> JSONResponse:
+def error_response(exc: Exception) -> JSONAnswer:
     """The response for any exception a handler let escape."""
     if isinstance(exc, InvalidArgument):
-        violations = [{"field": v.field, "description": v.description} for v in exc.violations]
-        detail = {
-            "@type": "type.googleapis.com/google.rpc.BadRequest",
-            "field_violations": violations,
-        }
-        return status_response(INVALID_ARGUMENT, str(exc), [detail])
+        violations = [
+            BadRequestFieldViolation(field=v.field, description=v.description)
+            for v in exc.violations
+        ]
+        # 400, or the HTTP status of a problem with the request's size (413, 414, 415, 431).
+        http_status = getattr(exc, "http_status", None)
+        detail = BadRequest(field_violations=violations)
+        return status_response(INVALID_ARGUMENT, str(exc), [detail], http_status)
     if isinstance(exc, Unauthenticated):
-        response = status_response(UNAUTHENTICATED, str(exc))
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return status_response(UNAUTHENTICATED, str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ResourceExhausted):
-        response = status_response(RESOURCE_EXHAUSTED, str(exc))
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return status_response(
+            RESOURCE_EXHAUSTED, str(exc), headers={"Retry-After": str(exc.retry_after)}
+        )
     if isinstance(exc, VerimailError):
         return status_response(grpc_code(exc), str(exc))
     if is_dependency_error(exc):
@@ -122,14 +119,15 @@ def is_dependency_error(exc: BaseException) -> bool:
     return isinstance(exc, DEPENDENCY_ERRORS)
 
 
-async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+async def handle_exception(request: Request, exc: Exception) -> JSONAnswer:
     return error_response(exc)
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+async def handle_http_exception(request: Request, exc: Exception) -> JSONAnswer:
     if not isinstance(exc, HTTPException):
         return error_response(exc)
     code = HTTP_TO_GRPC.get(
         exc.status_code, INTERNAL if exc.status_code >= 500 else INVALID_ARGUMENT
     )
-    return status_response(code, str(exc.detail), http_status=exc.status_code)
+    # A 405 keeps the Allow header Starlette's router sets (RFC 9110 15.5.6).
+    return status_response(code, str(exc.detail), http_status=exc.status_code, headers=exc.headers)

@@ -5,28 +5,34 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 import prometheus_client
 import structlog
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from verimail_api.errors import error_response
 from verimail_api.middleware import current_request_id
 from verimail_api.openapi import openapi
-from verimail_api.pages import verify_page, wants_html
+from verimail_api.pages import confirm_page, resend_page, verify_page, wants_html
+from verimail_api.responses import JSONAnswer
 from verimail_api.schemas import (
     CreateUserRequest,
+    CreateUserResponse,
+    Health,
+    Readiness,
     ResendVerifyEmailRequest,
+    ResendVerifyEmailResponse,
+    User,
     VerifyEmailRequest,
+    VerifyEmailResponse,
     parse,
-    user_body,
 )
 from verimail_api.state import State
-from verimail_shared.errors import FieldViolation, InvalidArgument, NotFound, VerimailError
+from verimail_shared.errors import FieldViolation, InvalidArgument, VerimailError
 from verimail_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +51,9 @@ class UnsupportedMediaType(InvalidArgument):
 
 
 # JSON, and what clients of grpc-gateway send JSON as: nothing, or curl -d's form type.
-JSON_TYPES = {"", "application/json", "application/x-www-form-urlencoded"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+JSON_TYPES = {"", "application/json", FORM_TYPE}
+MAX_FORM_FIELDS = 20
 
 
 async def create_user(request: Request) -> Response:
@@ -54,17 +62,30 @@ async def create_user(request: Request) -> Response:
     data = await read_json(request, state.settings.max_body_bytes)
     body = parse(CreateUserRequest, data)
     user = await state.signup.create_user(body, current_request_id())
-    return JSONResponse({"user": user_body(user)})
+    return JSONAnswer(CreateUserResponse(user=User.model_validate(user)))
 
 
 async def resend_verify_email(request: Request) -> Response:
-    """Always the same answer, whether or not the address has an account (no enumeration)."""
+    """Always the same answer, whether or not the address has an account (no enumeration).
+    The expired-link page's form posts here too; a browser gets a page as the answer."""
     state: State = request.app.state.verimail
-    await state.limits.hit("resend_ip", state.limits.client(request))
-    body = parse(ResendVerifyEmailRequest, await read_json(request, state.settings.max_body_bytes))
-    await state.limits.hit("resend_email", body.email.lower())
+    html = wants_html(request)
+    fields: Any = None
+    try:
+        await state.limits.hit("resend_ip", state.limits.client(request))
+        fields = await read_fields(request, state.settings.max_body_bytes)
+        body = parse(ResendVerifyEmailRequest, fields)
+        await state.limits.hit("resend_email", body.email.lower())
+    except VerimailError as exc:
+        if not html:
+            raise
+        typed = fields.get("email") if isinstance(fields, dict) else None
+        return resend_page(typed if isinstance(typed, str) else "", exc)
     # The lookup runs after the answer is sent: its timing cannot tell who has an account.
-    return JSONResponse({}, background=BackgroundTask(_resend, state, body.email))
+    task = BackgroundTask(_resend, state, body.email)
+    if html:
+        return resend_page(body.email, None, task)
+    return JSONAnswer(ResendVerifyEmailResponse(), background=task)
 
 
 async def _resend(state: State, email: str) -> None:
@@ -76,25 +97,40 @@ async def _resend(state: State, email: str) -> None:
 
 
 async def verify_email(request: Request) -> Response:
+    """GET: an API client uses the code, as simplebank's gateway does. A browser (a person, or a
+    mail scanner fetching every link) gets a page whose button POSTs the code; HEAD never uses
+    it either. POST, from that button (a form) or an API client (JSON), uses it (decision 060).
+    """
+    state: State = request.app.state.verimail
+    if request.method == "POST":
+        return await _use_code(request, await read_fields(request, state.settings.max_body_bytes))
+    if request.method == "GET" and not wants_html(request):
+        return await _use_code(request, dict(request.query_params))
+    try:
+        await state.limits.hit("verify_email", state.limits.client(request))
+        query = parse(VerifyEmailRequest, dict(request.query_params))
+        email = await state.signup.look_up_code(query.email_id, query.secret_code)
+    except VerimailError as exc:
+        return verify_page(exc)
+    return confirm_page(query.email_id, query.secret_code, email)
+
+
+async def _use_code(request: Request, fields: Any) -> Response:
     state: State = request.app.state.verimail
     html = wants_html(request)
     try:
         await state.limits.hit("verify_email", state.limits.client(request))
-        query = parse(VerifyEmailRequest, dict(request.query_params))
-        await state.signup.verify_email(query.email_id, query.secret_code)
-    except InvalidArgument as exc:
-        if not html:
-            raise
-        return verify_page(NotFound(str(exc)))
+        body = parse(VerifyEmailRequest, fields)
+        await state.signup.verify_email(body.email_id, body.secret_code)
     except VerimailError as exc:
         if not html:
             raise
         return verify_page(exc)
-    return verify_page(None) if html else JSONResponse({"is_verified": True})
+    return verify_page(None) if html else JSONAnswer(VerifyEmailResponse(is_verified=True))
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONAnswer(Health())
 
 
 async def readyz(request: Request) -> Response:
@@ -109,9 +145,8 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # a readiness probe reports any failure, it does not raise
             checks[name] = f"{type(exc).__name__}: {exc}"
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
-    )
+    answer = Readiness(status="ok" if ready else "unavailable", checks=checks)
+    return JSONAnswer(answer, 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -128,9 +163,36 @@ async def _ping_postgres(state: State) -> None:
 async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON. Like grpc-gateway, a missing content type or curl's default form type
     is read as JSON too (decision 020); any other non-JSON type is refused with 415."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    check_json_type(request)
+    return _parse_json(await read_body(request, limit))
+
+
+async def read_fields(request: Request, limit: int) -> Any:
+    """The body as JSON, or as an HTML form's fields: a body under the form type that does not
+    start like a JSON object or array is an HTML form's (decision 060)."""
+    check_json_type(request)
+    raw = await read_body(request, limit)
+    if _media_type(request) != FORM_TYPE or raw.lstrip()[:1] in (b"{", b"["):
+        return _parse_json(raw)
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:  # more fields than any of our forms has
+        raise InvalidArgument([FieldViolation("body", "has too many fields")]) from None
+
+
+def check_json_type(request: Request) -> None:
+    media_type = _media_type(request)
     if media_type not in JSON_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaType([FieldViolation("content-type", "must be application/json")])
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 once it is longer than `limit`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
@@ -139,23 +201,20 @@ async def read_json(request: Request, limit: int) -> Any:
         chunks += chunk
         if len(chunks) > limit:
             raise BodyTooLarge([FieldViolation("body", f"must be at most {limit} bytes")])
+    return bytes(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(chunks)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidArgument([FieldViolation("body", "must be valid JSON")]) from None
-
-
-def body_error(request: Request, exc: Exception) -> Response:
-    """InvalidArgument's shape, with the HTTP status of the body problem (413, 415)."""
-    response = error_response(exc)
-    response.status_code = getattr(exc, "http_status", 400)
-    return response
 
 
 def routes(settings: Settings) -> list[Route]:
     result = [
         Route("/v1/create_user", create_user, methods=["POST"]),
-        Route("/v1/verify_email", verify_email, methods=["GET"]),
+        Route("/v1/verify_email", verify_email, methods=["GET", "POST"]),
         Route("/v1/resend_verify_email", resend_verify_email, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

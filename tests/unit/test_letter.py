@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from verimail_shared.embedded import verification_link
 from verimail_shared.settings import Settings
-from verimail_worker.mailer import VerifyEmailLetter, render, verify_link
+from verimail_worker.letter import VerifyEmailLetter, render, verify_link
 
 SETTINGS = Settings(
     _env_file=None,
@@ -52,3 +52,15 @@ def test_html_is_escaped() -> None:
     html = render(LETTER, SETTINGS).get_body(("html",))
     assert html is not None
     assert "Alice &lt;b&gt;Liddell&lt;/b&gt;" in html.get_content()
+
+
+def test_the_html_part_has_a_head_with_charset_title_and_language() -> None:
+    message = render(LETTER, SETTINGS)
+    html = message.get_body(("html",))
+    assert html is not None
+    content = html.get_content()
+    head = content[content.index("<head>") : content.index("</head>")]
+    assert '<meta charset="utf-8">' in head
+    assert f"<title>{message['Subject']}</title>" in head
+    assert content.startswith('<!doctype html>\n<html lang="en">')
+    assert html.get_content_charset() == "utf-8"

@@ -1,9 +1,10 @@
-"""The mailer's connection pool against a real SMTP server (aiosmtpd)."""
+"""The SMTP connection pool, and the check before the final dot, against a real SMTP server
+(aiosmtpd)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -14,7 +15,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from verimail_shared.embedded import free_port
 from verimail_shared.settings import Settings
-from verimail_worker.mailer import Mailer
+from verimail_worker.smtp_pool import SmtpPool
 
 
 @dataclass
@@ -81,9 +82,9 @@ def server(recorder: Recorder) -> Iterator[Server]:
     server.stop()
 
 
-def mailer_for(server: Server, size: int = 10) -> Mailer:
+def pool_for(server: Server, size: int = 10) -> SmtpPool:
     settings = Settings(_env_file=None, smtp_host="127.0.0.1", smtp_port=server.port)  # type: ignore[call-arg]
-    return Mailer(settings, size=size)
+    return SmtpPool(settings, size=size)
 
 
 def message(to: str) -> EmailMessage:
@@ -98,10 +99,10 @@ def message(to: str) -> EmailMessage:
 async def test_one_connection_carries_one_email_after_another(
     server: Server, recorder: Recorder
 ) -> None:
-    mailer = mailer_for(server)
+    pool = pool_for(server)
     for n in range(5):
-        await mailer.send(message(f"user{n}@example.com"))
-    await mailer.close()
+        await pool.send(message(f"user{n}@example.com"))
+    await pool.close()
     assert [address for address, _ in recorder.received] == [
         f"user{n}@example.com" for n in range(5)
     ]
@@ -112,36 +113,36 @@ async def test_one_connection_carries_one_email_after_another(
 async def test_concurrent_sends_use_at_most_size_connections(
     server: Server, recorder: Recorder
 ) -> None:
-    mailer = mailer_for(server, size=3)
-    await asyncio.gather(*(mailer.send(message(f"user{n}@example.com")) for n in range(30)))
-    await mailer.close()
+    pool = pool_for(server, size=3)
+    await asyncio.gather(*(pool.send(message(f"user{n}@example.com")) for n in range(30)))
+    await pool.close()
     assert len(recorder.received) == 30
     assert len(recorder.ports()) <= 3
 
 
-async def test_a_connection_the_server_closed_is_replaced(
-    server: Server, recorder: Recorder
-) -> None:
-    mailer = mailer_for(server)
-    await mailer.send(message("first@example.com"))
+def restart_the_server(server: Server, recorder: Recorder) -> None:
     server.restart()
-    await mailer.send(message("second@example.com"))
-    await mailer.close()
-    assert [address for address, _ in recorder.received] == [
-        "first@example.com",
-        "second@example.com",
-    ]
-    assert len(recorder.ports()) == 2
 
 
-async def test_a_reused_connection_dropped_mid_send_is_replaced_and_the_email_sent(
-    server: Server, recorder: Recorder
-) -> None:
-    mailer = mailer_for(server)
-    await mailer.send(message("first@example.com"))
+def hang_up_at_the_next_mail(server: Server, recorder: Recorder) -> None:
     recorder.hang_up_on_next_mail = True
-    await mailer.send(message("second@example.com"))
-    await mailer.close()
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        pytest.param(restart_the_server, id="closed-while-idle"),
+        pytest.param(hang_up_at_the_next_mail, id="dropped-mid-send"),
+    ],
+)
+async def test_a_reused_connection_the_server_dropped_is_replaced_and_the_email_sent(
+    server: Server, recorder: Recorder, drop: Callable[[Server, Recorder], None]
+) -> None:
+    pool = pool_for(server)
+    await pool.send(message("first@example.com"))
+    drop(server, recorder)
+    await pool.send(message("second@example.com"))
+    await pool.close()
     assert [address for address, _ in recorder.received] == [
         "first@example.com",
         "second@example.com",
@@ -152,12 +153,12 @@ async def test_a_reused_connection_dropped_mid_send_is_replaced_and_the_email_se
 async def test_a_new_connection_dropped_mid_send_fails_the_send(
     server: Server, recorder: Recorder
 ) -> None:
-    mailer = mailer_for(server)
+    pool = pool_for(server)
     recorder.hang_up_on_next_mail = True
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
-        await mailer.send(message("first@example.com"))
-    await mailer.send(message("second@example.com"))  # the broken connection is not reused
-    await mailer.close()
+        await pool.send(message("first@example.com"))
+    await pool.send(message("second@example.com"))  # the broken connection is not reused
+    await pool.close()
     assert [address for address, _ in recorder.received] == ["second@example.com"]
 
 
@@ -172,10 +173,10 @@ async def test_a_failed_confirmation_before_the_final_dot_leaves_the_server_no_m
     async def accept() -> None:
         confirmed.append("yes")
 
-    mailer = mailer_for(server)
+    pool = pool_for(server)
     with pytest.raises(ConnectionError):
-        await mailer.send(message("lost@example.com"), confirm=refuse)
-    await mailer.send(message("kept@example.com"), confirm=accept)
-    await mailer.close()
+        await pool.send(message("lost@example.com"), confirm=refuse)
+    await pool.send(message("kept@example.com"), confirm=accept)
+    await pool.close()
     assert [address for address, _ in recorder.received] == ["kept@example.com"]
     assert confirmed == ["yes"]
