@@ -20,18 +20,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import Bench, load_average, parser, print_load, write_results
 from redis.asyncio import Redis
 from sqlalchemy import text
-from throughput import RESULTS, Bench
 
 from verimail_shared import db
 from verimail_shared.embedded import free_port, wait_for_port
@@ -167,25 +165,13 @@ async def scale(
 
 
 async def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    settings = Settings(_env_file=None, database_url=bench.database_url)  # type: ignore[call-arg]
-    redis = Redis.from_url(bench.redis_server.url)
+    settings: Settings = bench.settings()
+    redis = Redis.from_url(bench.redis_url)
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": bench.database_url,
-        "REDIS_URL": bench.redis_server.url,
-        "ADMIN_TOKEN": TOKEN,
-        "API_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_ADMIN_LOGIN": "off",
-    }
-    log = (bench.root / "api.log").open("ab")
-    api = subprocess.Popen(
-        [str(Path(sys.executable).with_name("verimail-api"))],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    env = bench.env(
+        ADMIN_TOKEN=TOKEN, API_PORT=str(port), LOG_LEVEL="WARNING", RATE_LIMIT_ADMIN_LOGIN="off"
     )
+    api = bench.spawn([str(Path(sys.executable).with_name("verimail-api"))], "api", env)
     results: dict[str, Any] = {}
     try:
         wait_for_port(port, 60)
@@ -226,23 +212,18 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=100_000)
-    parser.add_argument("--dead", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=30)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-console-") as root:
-        bench = Bench(Path(root))
-        bench.start()
-        try:
-            results = asyncio.run(run(args, bench))
-        finally:
-            bench.stop()
+    cli = parser(__doc__, workers=())
+    cli.add_argument("--jobs", type=int, default=100_000)
+    cli.add_argument("--dead", type=int, default=10_000)
+    cli.add_argument("--requests", type=int, default=30)
+    args = cli.parse_args()
+    load = load_average()
+    with Bench.running(args.redis_url) as bench:
+        results = asyncio.run(run(args, bench))
     report(args, results)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "console.json"
-    out.write_text(json.dumps({"args": vars(args), "id": uuid.uuid4().hex, **results}, indent=2))
-    print(f"\nwritten to {out}")
+    print_load("at the start", load)
+    document = {"args": vars(args), "id": uuid.uuid4().hex, "load_average": load, **results}
+    print(f"\nwritten to {write_results('console', document)}")
 
 
 if __name__ == "__main__":
