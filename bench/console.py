@@ -75,44 +75,41 @@ async def fill_redis(redis: Redis, start: int, stop: int) -> None:
 
 async def fill_postgres(settings: Settings, users: tuple[int, int], dead: tuple[int, int]) -> None:
     """Users with one verification email and one outbox row each, and dead letters."""
+    # Each statement fills ids a..b-1 of its table, generated in PostgreSQL.
+    statements = [
+        (
+            "INSERT INTO users (username, hashed_password, full_name, email) "
+            "SELECT 'user' || i, 'not-a-hash', 'Bench User', 'user' || i || '@example.com' "
+            "FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO outbox (job_id, task, payload, due_at, dispatched_at) "
+            "SELECT 'bench-' || lpad(i::text, 7, '0'), 'send_verify_email', "
+            "jsonb_build_object('username', 'user' || i, 'max_tries', 10), now(), now() "
+            "FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO verify_emails (username, email, secret_code_hash, job_id, sent_at) "
+            "SELECT 'user' || i, 'user' || i || '@example.com', md5(i::text), "
+            "'bench-' || lpad(i::text, 7, '0'), now() FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO dead_tasks (job_id, task, queue, payload, tries, last_error) "
+            "SELECT 'dead-' || i, 'send_verify_email', 'critical', "
+            "jsonb_build_object('username', 'user' || i, 'max_tries', 10), 10, "
+            "CASE WHEN i % 3 = 0 THEN 'SMTPRecipientsRefused: 550 mailbox unavailable' "
+            "ELSE 'TimeoutError: SMTP server did not answer' END "
+            "FROM generate_series(:a, :b - 1) AS i",
+            dead,
+        ),
+    ]
     engine = db.create_engine(settings)
     async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO users (username, hashed_password, full_name, email) "
-                "SELECT 'user' || i, 'not-a-hash', 'Bench User', 'user' || i || '@example.com' "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO outbox (job_id, task, payload, due_at, dispatched_at) "
-                "SELECT 'bench-' || lpad(i::text, 7, '0'), 'send_verify_email', "
-                "jsonb_build_object('username', 'user' || i, 'max_tries', 10), now(), now() "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO verify_emails (username, email, secret_code_hash, job_id, sent_at) "
-                "SELECT 'user' || i, 'user' || i || '@example.com', md5(i::text), "
-                "'bench-' || lpad(i::text, 7, '0'), now() FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO dead_tasks (job_id, task, queue, payload, tries, last_error) "
-                "SELECT 'dead-' || i, 'send_verify_email', 'critical', "
-                "jsonb_build_object('username', 'user' || i, 'max_tries', 10), 10, "
-                "CASE WHEN i % 3 = 0 THEN 'SMTPRecipientsRefused: 550 mailbox unavailable' "
-                "ELSE 'TimeoutError: SMTP server did not answer' END "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": dead[0], "b": dead[1]},
-        )
+        for sql, (first, end) in statements:
+            await connection.execute(text(sql), {"a": first, "b": end})
         await connection.execute(text("ANALYZE"))
     await engine.dispose()
 
