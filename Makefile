@@ -114,7 +114,7 @@ bench-profile: install ## py-spy: where each peers side's worker and the API's s
 	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs 1 --profile $(BENCH_ARGS)
 	$(BENCH)/signup.py --duration 20 --runs 1 --profile $(BENCH_ARGS)
 
-chaos: install tools ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
+chaos: install ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
 	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),600) \
 		--rate $(or $(RATE),10) --api-replicas 2 --workers 3 --sentinel
 

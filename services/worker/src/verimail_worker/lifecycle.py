@@ -67,7 +67,7 @@ ARQ_INTERNALS = (
 
 _queue: ContextVar[str] = ContextVar("verimail_queue")
 RETRY_KEY_TTL_SECONDS = 88400  # arq's
-FLUSH_INTERVAL_SECONDS = 0.002
+FLUSH_INTERVAL_SECONDS = 0.005
 FLUSH_BATCH = 500
 FLUSH_RETRY_SECONDS = 0.5
 CLOSE_FLUSH_ATTEMPTS = 5
@@ -96,6 +96,24 @@ class Claimed:
     raw: bytes | None  # None when the job key expired before the job ran
     try_: int
     abort_requested: bool
+
+
+@dataclass(slots=True)
+class _Batch:
+    args: list[Any]
+    ids: set[str]
+    waiters: list[asyncio.Future[None]]
+    retries: bool
+
+    def script_args(self) -> list[Any]:
+        prefixes = [
+            in_progress_key_prefix,
+            retry_key_prefix,
+            job_key_prefix,
+            result_key_prefix,
+            abort_jobs_ss,
+        ]
+        return prefixes + self.args
 
 
 class FinishBatch:
@@ -172,34 +190,43 @@ class FinishBatch:
     async def flush(self) -> None:
         """Write every pending record now; RedisError if Redis refuses (they stay pending)."""
         async with self._lock:
-            args, ids, waiters, retries = self._args, self._ids, self._waiters, self._retries
-            if not args:
+            batch = self.take()
+            if batch is None:
                 return
-            self._args, self._ids, self._waiters, self._retries = [], set(), [], False
-            self._due.clear()
             try:
-                await self._script(
-                    args=[
-                        in_progress_key_prefix,
-                        retry_key_prefix,
-                        job_key_prefix,
-                        result_key_prefix,
-                        abort_jobs_ss,
-                        *args,
-                    ]
-                )
+                await self._script(args=batch.script_args())
             except BaseException:
-                self._args, self._ids = args + self._args, ids | self._ids
-                self._waiters = waiters + self._waiters
-                self._retries |= retries
-                if self._args:
-                    self._due.set()
+                self.put_back(batch)
                 raise
-        for waiter in waiters:
+        self.written_now(batch)
+
+    def take(self) -> _Batch | None:
+        """The pending records, taken out to be written (by `flush`, or alongside a claim)."""
+        if not self._args:
+            return None
+        batch = _Batch(self._args, self._ids, self._waiters, self._retries)
+        self._args, self._ids, self._waiters, self._retries = [], set(), [], False
+        self._due.clear()
+        return batch
+
+    def put_back(self, batch: _Batch) -> None:
+        """A taken batch that was not written: pending again, ahead of newer records."""
+        self._args = batch.args + self._args
+        self._ids |= batch.ids
+        self._waiters = batch.waiters + self._waiters
+        self._retries |= batch.retries
+        self._due.set()
+
+    def written_now(self, batch: _Batch) -> None:
+        for waiter in batch.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         if self._on_written is not None:
-            self._on_written(retries)
+            self._on_written(batch.retries)
+
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
 
     async def close(self) -> None:
         """Stop the timed writes and write what is left, trying a few times."""
@@ -235,6 +262,7 @@ class BatchedWorker(Worker):
 
     _finishes: FinishBatch | None = None
     _claim_script: Any = None
+    _scripts_loaded = False
 
     @property
     def finishes(self) -> FinishBatch:
@@ -248,24 +276,50 @@ class BatchedWorker(Worker):
 
     async def claim(self, picks: list[tuple[str, str]]) -> list[Claimed | None]:
         """Claim and load the (queue, job id) picks in one round trip; None where not taken
-        (running elsewhere, gone, or not due)."""
+        (running elsewhere, gone, or not due). Outcomes waiting to be written go in the same
+        round trip, ahead of the claim."""
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM_JOBS)
-        reply = cast(
-            list[Any],
-            await self._claim_script(
-                keys=[queue for queue, _ in picks],
-                args=[
-                    timestamp_ms(),
-                    int(self.in_progress_timeout_s * 1000),
-                    in_progress_key_prefix,
-                    job_key_prefix,
-                    retry_key_prefix,
-                    abort_jobs_ss if self.allow_abort_jobs else "",
-                    *(job_id for _, job_id in picks),
-                ],
-            ),
-        )
+        keys = [queue for queue, _ in picks]
+        args: list[Any] = [
+            timestamp_ms(),
+            int(self.in_progress_timeout_s * 1000),
+            in_progress_key_prefix,
+            job_key_prefix,
+            retry_key_prefix,
+            abort_jobs_ss if self.allow_abort_jobs else "",
+            *(job_id for _, job_id in picks),
+        ]
+        batch = self.finishes.take() if self._scripts_loaded else None
+        if batch is None:
+            reply = cast(list[Any], await self._claim_script(keys=keys, args=args))
+            if not self._scripts_loaded:  # the claim script is loaded now: load the other
+                await self.pool.script_load(FINISH_JOBS)
+                self._scripts_loaded = True
+            return self._claimed(picks, reply)
+        # EVALSHA by hand: redis-py's pipeline would ask SCRIPT EXISTS first, a round trip more.
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self.finishes.sha, 0, *batch.script_args())
+                pipe.evalsha(self._claim_script.sha, len(keys), *keys, *args)
+                finished, reply = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            # Maybe written before the connection broke: writing it again changes nothing but
+            # a retry's defer, which would count twice (the retry starts one defer later).
+            self.finishes.put_back(batch)
+            raise
+        if isinstance(finished, BaseException):
+            self.finishes.put_back(batch)
+            self._scripts_loaded = False  # NOSCRIPT after a restart: the next calls load them
+        else:
+            self.finishes.written_now(batch)
+        if isinstance(reply, BaseException):
+            self._scripts_loaded = False
+            raise reply
+        return self._claimed(picks, reply)
+
+    @staticmethod
+    def _claimed(picks: list[tuple[str, str]], reply: list[Any]) -> list[Claimed | None]:
         claimed: list[Claimed | None] = []
         for n, (queue, job_id) in enumerate(picks):
             score, raw, try_, aborted = reply[4 * n : 4 * n + 4]
