@@ -60,7 +60,7 @@ async def fill_redis(redis: Redis, start: int, stop: int) -> None:
         async with redis.pipeline(transaction=False) as pipe:
             for index in range(first, min(first + 2000, stop)):
                 job_id = f"bench-{index:07d}"
-                due = now - 60_000 + index if index % 2 == 0 else now + 3_600_000 + index
+                due = now - 3_600_000 + index if index % 2 == 0 else now + 3_600_000 + index
                 data = {
                     "t": 1,
                     "f": "send_verify_email",
