@@ -6,6 +6,7 @@ vendors, and the rest reads the file for the properties the README and docs/depl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_prometheus_discovers_every_replica_by_dns(compose: dict[str, Any]) -> N
 
 def test_api_and_worker_wait_for_the_migration(compose: dict[str, Any]) -> None:
     all_services = services(compose)
-    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate"]
+    assert all_services["migrate"]["entrypoint"] == ["verimail-migrate", "--create-database"]
     assert all_services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("api", "worker"):
         depends = all_services[name]["depends_on"]
@@ -138,3 +139,12 @@ def test_compose_and_the_deploy_docs_name_the_server_major_the_tests_run(
     image = services(compose)["redis"]["image"]
     assert image.split(":")[1].split(".")[0] == major, image
     assert f"Valkey {major}" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_the_api_trusts_forwarded_for_only_from_the_compose_networks(
+    compose: dict[str, Any],
+) -> None:
+    environment = services(compose)["api"]["environment"]
+    settings = Settings(_env_file=None, trusted_proxies=environment["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
+    assert networks and all(network.is_private for network in networks)

@@ -8,6 +8,7 @@ their required fields and their references to our objects are checked here.
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,10 @@ def test_pods_carry_plain_scrape_annotations(rendered: list[dict[str, Any]]) -> 
         port = int(annotations["prometheus.io/port"])
         assert annotations["prometheus.io/scrape"] == "true"
         assert port in {p["containerPort"] for p in container(deployment)["ports"]}
+
+
+def test_the_configmap_trusts_forwarded_for_from_the_pod_network_only() -> None:
+    (config,) = documents((K8S / "base" / "configmap.yaml").read_text())
+    settings = Settings(_env_file=None, trusted_proxies=config["data"]["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
+    assert networks and all(network.is_private for network in networks)

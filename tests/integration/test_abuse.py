@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,20 +37,28 @@ async def test_limits_are_shared_between_api_replicas(settings: Settings, redis:
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     settings: Settings, redis: ArqRedis
 ) -> None:
+    # httpx's ASGI transport is the peer 127.0.0.1.
     query = f"/v1/verify_email?email_id=1&secret_code={'x' * 43}"
     limited = settings.model_copy(update={"rate_limit_verify_email": "1/minute"})
     trusting = limited.model_copy(update={"trusted_proxies": ["127.0.0.0/8"]})
-    async with api_client(limited) as client:
-        spoofed = [
-            await client.get(query, headers={"X-Forwarded-For": f"10.0.0.{n}"}) for n in (1, 2)
-        ]
-    assert [r.status_code for r in spoofed] == [404, 429]  # the header is ignored
+    with structlog.testing.capture_logs() as logs:
+        async with api_client(limited) as client:
+            spoofed = [
+                await client.get(query, headers={"X-Forwarded-For": f"10.0.0.{n}"})
+                for n in (1, 2, 3)
+            ]
+    assert [r.status_code for r in spoofed] == [404, 429, 429]  # the header is ignored
+    warnings = [log for log in logs if log["event"] == "untrusted_x_forwarded_for"]
+    assert len(warnings) == 1 and warnings[0]["peer"] == "127.0.0.1"  # once, not per request
     await redis.flushdb()
-    async with api_client(trusting) as client:
-        proxied = [
-            await client.get(query, headers={"X-Forwarded-For": f"10.0.0.{n}"}) for n in (1, 2, 1)
-        ]
+    with structlog.testing.capture_logs() as logs:
+        async with api_client(trusting) as client:
+            proxied = [
+                await client.get(query, headers={"X-Forwarded-For": f"10.0.0.{n}"})
+                for n in (1, 2, 1)
+            ]
     assert [r.status_code for r in proxied] == [404, 404, 429]  # one budget per client
+    assert not [log for log in logs if log["event"] == "untrusted_x_forwarded_for"]
 
 
 async def outbox_jobs(engine: AsyncEngine, username: str) -> set[str]:

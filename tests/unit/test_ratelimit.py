@@ -5,9 +5,10 @@ from __future__ import annotations
 from ipaddress import ip_network
 
 import pytest
+import structlog
 from starlette.requests import Request
 
-from verimail_api.ratelimit import Rate, client_ip
+from verimail_api.ratelimit import Rate, UntrustedForwarding, client_ip
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,18 @@ PROXIES = [ip_network("10.0.0.0/8")]
 )
 def test_client_ip(peer: str, forwarded: str | None, client: str) -> None:
     assert client_ip(request(peer, forwarded), PROXIES) == client
+
+
+def test_untrusted_forwarding_warns_at_once_then_at_most_once_an_hour() -> None:
+    now = [1000.0]
+    warner = UntrustedForwarding(clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        warner.seen("192.0.2.1")  # the first after start-up
+        for _ in range(5):
+            now[0] += 600
+            warner.seen("192.0.2.1")  # within the hour: counted, not logged
+        now[0] += 601
+        warner.seen("192.0.2.1")
+    warnings = [log for log in logs if log["event"] == "untrusted_x_forwarded_for"]
+    assert [w["requests"] for w in warnings] == [1, 6]
+    assert all(w["log_level"] == "warning" and "TRUSTED_PROXIES" in w["fix"] for w in warnings)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+import asyncpg
+import structlog
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -13,7 +18,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from verimail_shared.cli import CommandError
 from verimail_shared.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 _SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 
@@ -59,3 +67,119 @@ async def transaction(
     """One unit of work: commits when the block ends, rolls back when it raises."""
     async with sessions() as session, session.begin():
         yield session
+
+
+class DatabaseProblem(CommandError):
+    """Why PostgreSQL cannot be used, in one line with the fix. `lasting`: waiting will not
+    help (a wrong URL, password or database name), unlike a server that is not up yet."""
+
+    def __init__(self, message: str, lasting: bool, missing_database: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+        self.missing_database = missing_database
+
+
+def wait_for_database(url: str, timeout: float, create: bool = False) -> None:
+    """Return once PostgreSQL accepts a connection to `url`'s database, creating the database
+    first if `create`. Raises `DatabaseProblem` at once when waiting cannot help, and after
+    `timeout` seconds of a server that does not answer (Compose and Kubernetes start processes
+    beside PostgreSQL; they wait rather than crash)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            asyncio.run(probe(url))
+            return
+        except DatabaseProblem as problem:
+            if problem.missing_database and create:
+                asyncio.run(create_database(url))
+                continue
+            if problem.lasting:
+                raise
+            if time.monotonic() > deadline:
+                raise DatabaseProblem(f"{problem} (waited {timeout:g} s)", lasting=True) from None
+            log.info("database_not_ready", error=str(problem))
+            time.sleep(1)
+
+
+def check_database(url: str) -> None:
+    """For a long-running service at start-up: a `DatabaseProblem` at once for what waiting
+    cannot fix; a server that does not answer is logged and left to the service, which rides
+    out outages (its readiness fails, its tasks are retried) and must start during one too."""
+    try:
+        asyncio.run(probe(url))
+    except DatabaseProblem as problem:
+        if problem.lasting:
+            raise
+        log.warning("database_not_ready", error=str(problem))
+
+
+async def probe(url: str) -> None:
+    """Connect to `url` once (5 s at most); a `DatabaseProblem` saying why not."""
+    try:
+        async_url(url)
+        urlsplit(url).port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as exc:
+        message = str(exc) if str(exc).startswith("DATABASE_URL") else f"DATABASE_URL: {exc}"
+        raise DatabaseProblem(message, lasting=True) from None
+    try:
+        connection = await asyncpg.connect(plain_url(url), timeout=5)
+    except Exception as exc:
+        raise _problem(url, exc) from None
+    await connection.close()
+
+
+async def create_database(url: str) -> None:
+    """Create `url`'s database, connected to the server's maintenance database."""
+    name = _parts(url)[3]
+    maintenance = urlunsplit(urlsplit(plain_url(url))._replace(path="/postgres"))
+    try:
+        connection = await asyncpg.connect(maintenance, timeout=5)
+    except Exception as exc:
+        raise _problem(maintenance, exc) from None
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await connection.execute(f"CREATE DATABASE {quoted}")
+    except asyncpg.DuplicateDatabaseError:
+        pass  # created meanwhile by another process
+    except asyncpg.PostgresError as exc:
+        raise DatabaseProblem(f'cannot create database "{name}": {exc}', lasting=True) from None
+    finally:
+        await connection.close()
+    log.info("database_created", database=name)
+
+
+def _parts(url: str) -> tuple[str, str, int, str]:
+    """User, host, port and database of a checked URL, as libpq defaults them; no password."""
+    parts = urlsplit(url)
+    user = unquote(parts.username or "postgres")
+    database = unquote(parts.path.lstrip("/")) or user
+    return user, parts.hostname or "localhost", parts.port or 5432, database
+
+
+def _problem(url: str, exc: BaseException) -> DatabaseProblem:
+    user, host, port, name = _parts(url)
+    server = f"PostgreSQL at {host}:{port}"
+    if isinstance(exc, ValueError):
+        return DatabaseProblem(f"DATABASE_URL is not valid: {exc}", lasting=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return DatabaseProblem(f"{server} refused the connection", lasting=False)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return DatabaseProblem(
+            f'database "{name}" does not exist on {server}: create it with '
+            "`verimail-migrate --create-database` (or createdb)",
+            lasting=True,
+            missing_database=True,
+        )
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return DatabaseProblem(
+            f'{server} refused the password of user "{user}": fix DATABASE_URL', lasting=True
+        )
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return DatabaseProblem(f"{server} refused user {user!r}: {exc}", lasting=True)
+    if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
+        return DatabaseProblem(f'DATABASE_URL names a host that is unknown: "{host}"', True)
+    if isinstance(exc, OSError) and exc.strerror:
+        return DatabaseProblem(f"{server} does not answer: {exc.strerror.lower()}", False)
+    if isinstance(exc, TimeoutError):
+        return DatabaseProblem(f"{server} does not answer: timed out", lasting=False)
+    return DatabaseProblem(f"{server}: {type(exc).__name__}: {exc}", lasting=False)

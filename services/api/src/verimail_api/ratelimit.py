@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -74,16 +75,44 @@ def client_ip(
     """The client's address: the peer, or, when the peer is a trusted proxy, the rightmost
     X-Forwarded-For entry that is not itself a trusted proxy (clients can forge the rest)."""
     peer = request.client.host if request.client else "unknown"
-    if not _is_trusted(peer, trusted):
+    if not is_trusted(peer, trusted):
         return peer
     hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",")]
     for hop in reversed([hop for hop in hops if hop]):
-        if not _is_trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return peer
 
 
-def _is_trusted(address: str, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+class UntrustedForwarding:
+    """Warns while requests carry X-Forwarded-For from a peer outside TRUSTED_PROXIES: behind a
+    proxy that is not listed, every client shares the proxy's rate limits. The first such
+    request after start-up warns at once; then one warning an hour at most, with the count of
+    such requests since the last one."""
+
+    interval_seconds = 3600.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self._requests = 0
+
+    def seen(self, peer: str) -> None:
+        self._requests += 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval_seconds:
+            return
+        log.warning(
+            "untrusted_x_forwarded_for",
+            peer=peer,
+            requests=self._requests,
+            fix="behind a proxy, set TRUSTED_PROXIES to its address range (docs/deploy.md); "
+            "until then every client behind it shares one rate limit",
+        )
+        self._last, self._requests = now, 0
+
+
+def is_trusted(address: str, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

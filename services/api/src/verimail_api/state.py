@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import structlog
@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
-from verimail_api.ratelimit import Rate, RateLimiter, client_ip
+from verimail_api.ratelimit import Rate, RateLimiter, UntrustedForwarding, client_ip, is_trusted
 from verimail_api.signup import Signup
 from verimail_shared import db, outbox, queue
 from verimail_shared.jobs import TASK_QUEUES, TaskName
@@ -55,11 +55,15 @@ class Limits:
     limiter: RateLimiter
     rates: dict[str, Rate | None]
     trusted_proxies: list[IPv4Network | IPv6Network]
+    untrusted_forwarding: UntrustedForwarding = field(default_factory=UntrustedForwarding)
 
     async def hit(self, name: str, key: str) -> None:
         await self.limiter.hit(name, key, self.rates[name])
 
     def client(self, request: Request) -> str:
+        peer = request.client.host if request.client else "unknown"
+        if "x-forwarded-for" in request.headers and not is_trusted(peer, self.trusted_proxies):
+            self.untrusted_forwarding.seen(peer)
         return client_ip(request, self.trusted_proxies)
 
     @classmethod
