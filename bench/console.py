@@ -20,18 +20,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import Bench, load_average, parser, print_load, write_results
 from redis.asyncio import Redis
 from sqlalchemy import text
-from throughput import RESULTS, Bench
 
 from verimail_shared import db
 from verimail_shared.embedded import free_port, wait_for_port
@@ -62,7 +60,7 @@ async def fill_redis(redis: Redis, start: int, stop: int) -> None:
         async with redis.pipeline(transaction=False) as pipe:
             for index in range(first, min(first + 2000, stop)):
                 job_id = f"bench-{index:07d}"
-                due = now - 60_000 + index if index % 2 == 0 else now + 3_600_000 + index
+                due = now - 3_600_000 + index if index % 2 == 0 else now + 3_600_000 + index
                 data = {
                     "t": 1,
                     "f": "send_verify_email",
@@ -77,44 +75,41 @@ async def fill_redis(redis: Redis, start: int, stop: int) -> None:
 
 async def fill_postgres(settings: Settings, users: tuple[int, int], dead: tuple[int, int]) -> None:
     """Users with one verification email and one outbox row each, and dead letters."""
+    # Each statement fills ids a..b-1 of its table, generated in PostgreSQL.
+    statements = [
+        (
+            "INSERT INTO users (username, hashed_password, full_name, email) "
+            "SELECT 'user' || i, 'not-a-hash', 'Bench User', 'user' || i || '@example.com' "
+            "FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO outbox (job_id, task, payload, due_at, dispatched_at) "
+            "SELECT 'bench-' || lpad(i::text, 7, '0'), 'send_verify_email', "
+            "jsonb_build_object('username', 'user' || i, 'max_tries', 10), now(), now() "
+            "FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO verify_emails (username, email, secret_code_hash, job_id, sent_at) "
+            "SELECT 'user' || i, 'user' || i || '@example.com', md5(i::text), "
+            "'bench-' || lpad(i::text, 7, '0'), now() FROM generate_series(:a, :b - 1) AS i",
+            users,
+        ),
+        (
+            "INSERT INTO dead_tasks (job_id, task, queue, payload, tries, last_error) "
+            "SELECT 'dead-' || i, 'send_verify_email', 'critical', "
+            "jsonb_build_object('username', 'user' || i, 'max_tries', 10), 10, "
+            "CASE WHEN i % 3 = 0 THEN 'SMTPRecipientsRefused: 550 mailbox unavailable' "
+            "ELSE 'TimeoutError: SMTP server did not answer' END "
+            "FROM generate_series(:a, :b - 1) AS i",
+            dead,
+        ),
+    ]
     engine = db.create_engine(settings)
     async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO users (username, hashed_password, full_name, email) "
-                "SELECT 'user' || i, 'not-a-hash', 'Bench User', 'user' || i || '@example.com' "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO outbox (job_id, task, payload, due_at, dispatched_at) "
-                "SELECT 'bench-' || lpad(i::text, 7, '0'), 'send_verify_email', "
-                "jsonb_build_object('username', 'user' || i, 'max_tries', 10), now(), now() "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO verify_emails (username, email, secret_code_hash, job_id, sent_at) "
-                "SELECT 'user' || i, 'user' || i || '@example.com', md5(i::text), "
-                "'bench-' || lpad(i::text, 7, '0'), now() FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": users[0], "b": users[1]},
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO dead_tasks (job_id, task, queue, payload, tries, last_error) "
-                "SELECT 'dead-' || i, 'send_verify_email', 'critical', "
-                "jsonb_build_object('username', 'user' || i, 'max_tries', 10), 10, "
-                "CASE WHEN i % 3 = 0 THEN 'SMTPRecipientsRefused: 550 mailbox unavailable' "
-                "ELSE 'TimeoutError: SMTP server did not answer' END "
-                "FROM generate_series(:a, :b - 1) AS i"
-            ),
-            {"a": dead[0], "b": dead[1]},
-        )
+        for sql, (first, end) in statements:
+            await connection.execute(text(sql), {"a": first, "b": end})
         await connection.execute(text("ANALYZE"))
     await engine.dispose()
 
@@ -167,25 +162,13 @@ async def scale(
 
 
 async def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    settings = Settings(_env_file=None, database_url=bench.database_url)  # type: ignore[call-arg]
-    redis = Redis.from_url(bench.redis_server.url)
+    settings: Settings = bench.settings()
+    redis = Redis.from_url(bench.redis_url)
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": bench.database_url,
-        "REDIS_URL": bench.redis_server.url,
-        "ADMIN_TOKEN": TOKEN,
-        "API_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_ADMIN_LOGIN": "off",
-    }
-    log = (bench.root / "api.log").open("ab")
-    api = subprocess.Popen(
-        [str(Path(sys.executable).with_name("verimail-api"))],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    env = bench.env(
+        ADMIN_TOKEN=TOKEN, API_PORT=str(port), LOG_LEVEL="WARNING", RATE_LIMIT_ADMIN_LOGIN="off"
     )
+    api = bench.spawn([str(Path(sys.executable).with_name("verimail-api"))], "api", env)
     results: dict[str, Any] = {}
     try:
         wait_for_port(port, 60)
@@ -226,23 +209,18 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=100_000)
-    parser.add_argument("--dead", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=30)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-console-") as root:
-        bench = Bench(Path(root))
-        bench.start()
-        try:
-            results = asyncio.run(run(args, bench))
-        finally:
-            bench.stop()
+    cli = parser(__doc__, workers=())
+    cli.add_argument("--jobs", type=int, default=100_000)
+    cli.add_argument("--dead", type=int, default=10_000)
+    cli.add_argument("--requests", type=int, default=30)
+    args = cli.parse_args()
+    load = load_average()
+    with Bench.running(args.redis_url) as bench:
+        results = asyncio.run(run(args, bench))
     report(args, results)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "console.json"
-    out.write_text(json.dumps({"args": vars(args), "id": uuid.uuid4().hex, **results}, indent=2))
-    print(f"\nwritten to {out}")
+    print_load("at the start", load)
+    document = {"args": vars(args), "id": uuid.uuid4().hex, "load_average": load, **results}
+    print(f"\nwritten to {write_results('console', document)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
@@ -96,7 +97,7 @@ async def test_queues_counts_a_deferred_job_in_a_table_and_in_json(
 async def test_workers_lists_the_live_worker_with_its_queues_and_weights(
     settings: Settings, redis: ArqRedis, worker: None
 ) -> None:
-    data = await eventually(lambda: admin_json(settings, "workers")["workers"], timeout=20)
+    data = await eventually(lambda: admin_json(settings, "workers")["workers"], timeout=90)
     (record,) = data
     assert record["queues"] == {"critical": 10, "default": 5}
     assert record["max_jobs"] == settings.worker_max_jobs and record["host"]
@@ -154,8 +155,11 @@ async def test_dead_tasks_retry_all_requeues_every_waiting_letter(
                 {"job_id": f"all-{index}", "payload": '{"username": "u", "max_tries": 1}'},
             )
     result = admin_json(settings, "dead-tasks", "retry", "--all")
-    assert result["results"][0]["result"].startswith("3 dead letters re-queued")
-    assert await redis.zcard("arq:queue:critical") == 3
+    assert re.match(r"\d+ dead letters re-queued", result["results"][0]["result"])
+    for index in range(3):  # other tests' letters in this database may be re-queued too
+        assert await redis.zscore("arq:queue:critical", f"all-{index}") is not None
+    listed = admin_json(settings, "dead-tasks", "list", "--status", "waiting")
+    assert not [row for row in listed["dead_tasks"] if row["job_id"].startswith("all-")]
 
 
 async def test_lookup_tells_a_signups_story_with_its_sent_time_and_message_id(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import structlog
 from arq.connections import ArqRedis
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -271,3 +272,45 @@ async def test_admin_port_serves_the_console_and_the_api_port_does_not(
     operator_paths = {getattr(r, "path", "") for r in operator.routes}
     assert {"/admin/", "/admin/login", "/v1/admin/queues"} <= operator_paths
     assert "/v1/create_user" not in operator_paths
+
+
+async def test_resend_queues_a_new_email_through_the_resend_limit(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    settings = with_token(settings, rate_limit_resend_email="1/hour")
+    async with api_client(settings) as client:
+        await sign_in(client)
+        body = new_user()
+        assert (await client.post("/v1/create_user", json=body)).status_code == 200
+        page = await client.get("/admin/lookup", params={"q": body["username"]})
+        form = {"csrf": csrf_of(page.text), "q": body["username"]}
+        first = await client.post("/admin/lookup/resend", data=form)
+        assert first.status_code == 303
+        after = await client.get(first.headers["location"])
+        assert "a new verification email is queued" in after.text
+        assert after.text.count("Outbox row written") == 2
+        second = await client.post("/admin/lookup/resend", data=form)
+    assert second.status_code == 429 and "too many requests" in second.text
+    assert "Retry-After" in second.headers
+
+
+async def test_every_action_is_logged_with_its_target_and_request_id(
+    console: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    await queue.enqueue(
+        redis,
+        TaskName.SEND_VERIFY_EMAIL,
+        {"username": "x", "max_tries": 3},
+        job_id="j2",
+        defer_by=60,
+    )
+    page = await console.get("/admin/queues/critical?state=deferred")
+    with structlog.testing.capture_logs() as logs:
+        await console.post(
+            "/admin/queues/critical/jobs/j2/run",
+            data={"csrf": csrf_of(page.text)},
+            headers={"X-Request-ID": "req-42"},
+        )
+    (line,) = [entry for entry in logs if entry["event"] == "admin_action"]
+    assert line["action"] == "job_run_now" and line["target"] == "critical/j2"
+    assert line["request_id"] == "req-42"

@@ -40,6 +40,10 @@ def _orjson_dumps(value: Any, **kwargs: Any) -> bytes:
     return rendered
 
 
+def _orjson_text(value: Any, **kwargs: Any) -> str:
+    return _orjson_dumps(value, **kwargs).decode()
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Send structlog and the standard library (uvicorn, arq, alembic) through one renderer,
     to `stream` (standard output unless told otherwise)."""
@@ -51,17 +55,18 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: structlog.types.Processor
+    # The logging handler writes text; structlog's own path below writes bytes.
+    text_renderer: structlog.types.Processor
     if settings.log_format is LogFormat.CONSOLE:
-        renderer = structlog.dev.ConsoleRenderer()
+        text_renderer = structlog.dev.ConsoleRenderer()
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        text_renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            renderer,
+            text_renderer,
         ],
     )
     handler = logging.StreamHandler(stream)
@@ -88,7 +93,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         return
     stream.flush()  # whatever the text layer holds goes out before our bytes
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+        ],
         logger_factory=_NamedBytesLoggerFactory(stream.buffer),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,

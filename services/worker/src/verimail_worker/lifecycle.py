@@ -298,10 +298,16 @@ class BatchedWorker(Worker):
                 self._scripts_loaded = True
             return self._claimed(picks, reply)
         # EVALSHA by hand: redis-py's pipeline would ask SCRIPT EXISTS first, a round trip more.
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self.finishes.sha, 0, *batch.script_args())
-            pipe.evalsha(self._claim_script.sha, len(keys), *keys, *args)
-            finished, reply = await pipe.execute(raise_on_error=False)
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self.finishes.sha, 0, *batch.script_args())
+                pipe.evalsha(self._claim_script.sha, len(keys), *keys, *args)
+                finished, reply = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            # Maybe written before the connection broke: writing it again changes nothing but
+            # a retry's defer, which would count twice (the retry starts one defer later).
+            self.finishes.put_back(batch)
+            raise
         if isinstance(finished, BaseException):
             self.finishes.put_back(batch)
             self._scripts_loaded = False  # NOSCRIPT after a restart: the next calls load them

@@ -150,12 +150,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return _unavailable(exc)
         if session is None:
             return RedirectResponse("/admin/login", 303)
-        try:
-            return await handler(request, app, session)
-        except VerimailError as exc:
-            return _error_page(session, exc)
-        except DEPENDENCY_ERRORS as exc:
-            return _unavailable(exc)
+        return await _answer(handler, request, app, session)
 
     return endpoint
 
@@ -182,14 +177,19 @@ def action(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 ),
             )
         request.state.form = form
-        try:
-            return await handler(request, app, session)
-        except VerimailError as exc:
-            return _error_page(session, exc)
-        except DEPENDENCY_ERRORS as exc:
-            return _unavailable(exc)
+        return await _answer(handler, request, app, session)
 
     return endpoint
+
+
+async def _answer(handler: Handler, request: Request, app: Console, session: Session) -> Response:
+    """The handler's answer, or a page saying what went wrong: nothing was half done."""
+    try:
+        return await handler(request, app, session)
+    except VerimailError as exc:
+        return _error_page(session, exc)
+    except DEPENDENCY_ERRORS as exc:
+        return _unavailable(exc)
 
 
 def _error_page(session: Session | None, exc: VerimailError) -> HTMLResponse:
