@@ -329,7 +329,7 @@ class Soak:
             "SIGNUP_ENQUEUE": self.args.mode,
             "VERIFY_EMAIL_DEFER_SECONDS": str(self.args.defer),
             "LOG_FORMAT": "json",
-            "LOG_LEVEL": "DEBUG",  # attempts() counts the workers' `task_started`, a DEBUG line
+            "LOG_LEVEL": "INFO",  # attempts() reads the highest job_try of each job
             "WORKER_POLL_DELAY_SECONDS": "0.05",
             "WORKER_JOB_TIMEOUT_SECONDS": "5",
             "WORKER_SHUTDOWN_GRACE_SECONDS": "5",
