@@ -854,9 +854,9 @@ class Soak:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        self.smtp.stop()
-        self.redis.stop()
-        self.postgres.stop()
+        for server in (self.smtp, self.redis, self.postgres):
+            with contextlib.suppress(Exception):  # a start that failed half-way
+                server.stop()
 
 
 def peer_pid(session: Session, pids: list[int]) -> int | None:
@@ -887,11 +887,11 @@ async def soak(args: argparse.Namespace, keep: Path | None) -> dict[str, Any]:
         root = keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         run = Soak(args, root)
-        await asyncio.to_thread(run.start)
-        run.started = started = time.monotonic()
         done = asyncio.Event()
-        supervisor = asyncio.create_task(run.supervise(done))
         try:
+            await asyncio.to_thread(run.start)  # a failed start still stops what it started
+            run.started = started = time.monotonic()
+            supervisor = asyncio.create_task(run.supervise(done))
             deadline = started + args.duration
             chaos_over = asyncio.Event()
             await asyncio.gather(run.sign_up(chaos_over), run.chaos(deadline, chaos_over))
