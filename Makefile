@@ -9,7 +9,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory bench-console chaos up down logs clean bench-loop-cpu bench-profile test-arq
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +47,7 @@ tools: ## Install Debian's prometheus, promtool and chromium if missing (the tes
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
 
-test: install tools lint typecheck deps pytest ## Lint, type-check, check dependencies and run every test
+test: install tools lint typecheck deps pytest test-arq ## Lint, type-check, check dependencies, run every test and arq's own suite
 
 lint: install ## ruff lint and format check
 	$(UV) run --frozen ruff check .
@@ -70,6 +70,9 @@ typecheck: install ## mypy --strict on the three packages
 pytest: install tools ## Run the tests only (PYTEST_ARGS=... to pass options)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
+test-arq: install ## arq's own test suite against the weighted worker (arq's sdist cached in .cache/arq-sdist)
+	$(UV) run --frozen python tests/arq_suite/run.py -n 2 -q $(ARQ_SUITE_ARGS)
+
 migrate: install ## Create DATABASE_URL's database if missing, then apply the migrations
 	$(UV) run --frozen verimail-migrate --create-database
 
@@ -81,28 +84,39 @@ worker: install ## Run one worker alone (uses DATABASE_URL, REDIS_URL, SMTP_*)
 
 BENCH := $(UV) run --frozen --group bench python bench
 
-bench: bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory ## Every benchmark (about 40 min; see docs/performance.md)
+bench: bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory bench-console ## Every benchmark (about 40 min; see docs/performance.md)
 
 bench-queue: install ## No-op tasks/s, one worker process: ours against bare arq (defaults and tuned)
-	$(BENCH)/throughput.py throughput --count $(or $(COUNT),20000) --runs $(or $(RUNS),3)
+	$(BENCH)/throughput.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-bench-peers: install ## The same no-op workload through SAQ, Celery, RQ and taskiq-redis against ours
-	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3)
+bench-peers: install ## The same no-op workload through SAQ, Celery, RQ, taskiq-redis, streaq and dramatiq against ours (one Redis 7+)
+	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-lateness: install ## Deferred-task lateness and idle Redis commands/s: ours against bare arq
-	$(BENCH)/lateness.py --count 2000 --rate 200 --idle-seconds 30 --runs $(or $(RUNS),3)
+	$(BENCH)/lateness.py --count 2000 --rate 200 --idle-seconds 30 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-bench-signup: install ## POST /v1/create_user at saturation against the raw argon2id hash rate
-	$(BENCH)/signup.py --duration 30 --runs $(or $(RUNS),3)
+bench-signup: install ## POST /v1/create_user at saturation, driven by wrk, against the raw argon2id hash rate
+	$(BENCH)/signup.py --duration 30 --runs $(or $(RUNS),3) $(BENCH_ARGS)
+
+bench-loop-cpu: install ## API event-loop CPU per signup against another revision's (BASELINE=main)
+	$(BENCH)/loop_cpu.py --baseline $(or $(BASELINE),main) --signups 1000 --runs $(or $(RUNS),3)
 
 bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loop without the queue
-	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3)
+	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-memory: install ## Bytes per queued job (100,000 deferred) and worker RSS against bare arq
-	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3)
+	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-chaos: install ## Chaos soak: signups while workers, Redis, PostgreSQL and SMTP fail (MODE=outbox|in_transaction)
-	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),90) --rate $(or $(RATE),5)
+bench-console: install ## Console page medians with 100,000 queued jobs and 10,000 dead letters, against 1% of that
+	$(BENCH)/console.py --jobs $(or $(COUNT),100000) --dead $(or $(DEAD),10000) --requests $(or $(REQUESTS),30) $(BENCH_ARGS)
+
+bench-profile: install ## py-spy: where each peers side's worker and the API's signup spend CPU, per task
+	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs 1 --profile $(BENCH_ARGS)
+	$(BENCH)/signup.py --duration 20 --runs 1 --profile $(BENCH_ARGS)
+
+chaos: install tools ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
+	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),600) \
+		--rate $(or $(RATE),10) --api-replicas 2 --workers 3 --sentinel
 
 up: ## docker compose: build and start the whole system (API :8000, Mailpit :8025, Grafana :3000)
 	$(COMPOSE) up --build --detach

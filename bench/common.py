@@ -1,25 +1,264 @@
-"""Helpers shared by the bench scripts: the drain timer and the table of medians with ratios."""
+"""The harness every bench script shares: servers, worker processes, the run loop, the drain
+timer, the table of medians with ratios, and the results file.
+
+A script builds its command line with `parser`, opens the servers with `Bench.running`, walks
+`interleaved(sides, runs)` (every side once per run, so load on a shared machine hits each side
+alike), and ends with `print_ratio_table` and `write_results`. Worker processes are the script
+itself run again with a worker command (`--kind`, `--redis-url`), started by `Bench.spawn`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
-from redis.asyncio import Redis
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+RESULTS = Path(__file__).parent / "results"
+PROFILES = RESULTS / "profiles"
+PROFILE_RATE = 200  # py-spy samples per second
+DONE_KEY = "bench:done"
+# streaq needs Redis 7 (stream commands); every side shares one server, so all get the same.
+MIN_REDIS = (7, 0)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parser(doc: str | None, workers: Sequence[str] = ("worker",)) -> argparse.ArgumentParser:
+    """The arguments every bench takes: the command (`run`, or a worker process's), `--runs`
+    and `--redis-url`; `--kind` names the side a worker process runs."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=["run", *workers])
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs (medians of them)")
+    parser.add_argument(
+        "--redis-url",
+        help=f"a Redis {MIN_REDIS[0]}+ or Valkey server to use (the bench FLUSHES its database); "
+        "default: a throwaway one (the embedded helper's, or redis-server from PATH)",
+    )
+    parser.add_argument("--kind", help="the side a worker process runs (set by the bench)")
+    return parser
+
+
+def interleaved(
+    sides: Sequence[str], runs: int, alternate: bool = False
+) -> Iterator[tuple[int, str]]:
+    """(run, side) for every side in every run; with `alternate`, odd runs go in reverse so no
+    side always meets a warmer server."""
+    for run in range(runs):
+        yield from ((run, side) for side in (sides[::-1] if alternate and run % 2 else sides))
+
+
+# ---------------------------------------------------------------- servers and processes
+
+
+class RedisServer:
+    """A throwaway `redis-server` (or `valkey-server`) from PATH on a free loopback port."""
+
+    def __init__(self, root: Path, executable: str) -> None:
+        from verimail_shared.embedded import free_port
+
+        self.root = root
+        self.executable = executable
+        self.url = f"redis://127.0.0.1:{free_port()}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from verimail_shared.embedded import wait_for_port
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        options = {"bind": "127.0.0.1", "port": str(port), "dir": str(self.root), "save": ""}
+        options |= {"appendonly": "no", "logfile": str(self.root / "redis.log")}
+        argv = [
+            self.executable,
+            *(part for name, value in options.items() for part in (f"--{name}", value)),
+        ]
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        wait_for_port(port, timeout=20)
+        if self._process.poll() is not None:
+            raise RuntimeError(f"{self.executable} exited: see {self.root / 'redis.log'}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop(self._process)
+
+
+def redis_version(url: str) -> tuple[int, ...]:
+    client = Redis.from_url(url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+
+
+def redis_executable() -> str | None:
+    """The first valkey-server or redis-server on PATH that is new enough."""
+    for folder in os.get_exec_path():
+        for name in ("valkey-server", "redis-server"):
+            candidate = Path(folder) / name
+            if not os.access(candidate, os.X_OK):
+                continue
+            answer = subprocess.run([candidate, "--version"], capture_output=True, text=True)
+            version = answer.stdout.split(" v=")[1].split()[0] if " v=" in answer.stdout else "0"
+            if tuple(int(part) for part in version.split(".")[:2]) >= MIN_REDIS:
+                return str(candidate)
+    return None
+
+
+class Bench:
+    """An embedded PostgreSQL (migrated database `bench`) and one Redis for every side."""
+
+    def __init__(self, root: Path, redis_url: str | None = None) -> None:
+        from verimail_shared.embedded import EmbeddedPostgres
+
+        self.root = root
+        self.postgres = EmbeddedPostgres(root / "postgres")
+        self.given_redis_url = redis_url
+        self.redis_server: Any = None
+        self.redis_url = redis_url or ""
+        self.database_url = ""
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, redis_url: str | None = None) -> Iterator[Bench]:
+        """A started Bench in a temporary folder, stopped (and the folder removed) at the end."""
+        # A SIGTERM unwinds like Ctrl-C, so the servers stop and the folder goes.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
+            bench = cls(Path(tmp), redis_url)
+            try:
+                bench.start()
+                yield bench
+            finally:
+                bench.stop()
+
+    def start(self) -> None:
+        from verimail_shared.migrate import upgrade
+        from verimail_shared.settings import Settings
+
+        self.postgres.start()
+        self.database_url = self.postgres.create_database("bench")
+        upgrade(Settings(_env_file=None, database_url=self.database_url))  # type: ignore[call-arg]
+        if self.given_redis_url is None:
+            self.redis_server = self._start_redis()
+            self.redis_url = self.redis_server.url
+        version = redis_version(self.redis_url)
+        if version < MIN_REDIS:
+            raise SystemExit(f"Redis {MIN_REDIS[0]}+ needed, {self.redis_url} is {version}")
+        self.redis_version = ".".join(map(str, version))
+
+    def _start_redis(self) -> Any:
+        """The embedded helper's server if it is new enough, else redis-server from PATH."""
+        from verimail_shared.embedded import EmbeddedRedis
+
+        embedded = EmbeddedRedis(self.root / "redis", appendonly=False)
+        embedded.start()
+        if redis_version(embedded.url) >= MIN_REDIS:
+            return embedded
+        embedded.stop()
+        executable = redis_executable()
+        if executable is None:
+            raise SystemExit(
+                f"needs Redis {MIN_REDIS[0]}+: apt-get install redis-server, or pass --redis-url"
+            )
+        server = RedisServer(self.root / "redis-server", executable)
+        while server.url == embedded.url:  # the stopped server's port may not be free yet
+            server = RedisServer(self.root / "redis-server", executable)
+        server.start()
+        return server
+
+    def stop(self) -> None:
+        if self.redis_server is not None:
+            self.redis_server.stop()
+        self.postgres.stop()
+
+    def settings(self, **overrides: Any) -> Any:
+        """verimail Settings for these servers."""
+        from verimail_shared.settings import Settings
+
+        return Settings(
+            _env_file=None, database_url=self.database_url, redis_url=self.redis_url, **overrides
+        )
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The environment of a verimail process on these servers: JSON logs at INFO, no
+        metrics port of its own unless `overrides` give one."""
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "WORKER_METRICS_PORT": "0",
+            **overrides,
+        }
+
+    def spawn(
+        self, argv: Sequence[str], log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` with its output in `log` (a file in the bench's folder)."""
+        out = (self.root / f"{log}.log").open("ab")
+        return subprocess.Popen(
+            list(argv), env=env or self.env(), stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def spawn_worker(self, script: str, kind: str, env: dict[str, str] | None = None) -> Any:
+        """`script` run again as the worker process of side `kind`."""
+        argv = [sys.executable, script, "worker", "--kind", kind, "--redis-url", self.redis_url]
+        return self.spawn(argv, f"{Path(script).stem}-{kind}", env)
+
+    def postgres_pid(self) -> int:
+        return int((self.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ---------------------------------------------------------------- measuring and reporting
 
 
 async def drain_rate(
-    redis: Redis, done_key: str, count: int, worker: subprocess.Popen[bytes]
+    redis: AsyncRedis,
+    done_key: str,
+    count: int,
+    worker: subprocess.Popen[bytes],
+    profiler: Profiler | None = None,
 ) -> float:
-    """Tasks per second from the first completion counted at `done_key` to the last, as
-    bench/throughput.py measures it; fails fast if the worker process dies before the end."""
+    """Tasks per second from the first completion counted at `done_key` to the last; fails fast
+    if the worker process dies before the end. A `profiler` starts at the first completion."""
     started = None
     while True:
         done = int(await redis.get(done_key) or 0)
         if done and started is None:
             started = time.perf_counter()
+            if profiler is not None:
+                profiler.start()
+                profiler.tasks = count - done
         if done >= count:
             break
         if worker.poll() is not None:
@@ -27,6 +266,92 @@ async def drain_rate(
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - (started or time.perf_counter())
     return (count - 1) / elapsed if elapsed else 0.0
+
+
+async def drain_worker(
+    bench: Bench, script: str, kind: str, count: int, redis: AsyncRedis, profile: bool = False
+) -> float:
+    """Start `script`'s worker process for side `kind` on the `count` tasks already queued and
+    return its drain rate; with `profile`, py-spy samples it from its first completion to its
+    last. The process is stopped at the end."""
+    worker = bench.spawn_worker(script, kind)
+    name = f"{Path(script).stem}-{kind}"
+    profiler = Profiler(worker, name) if profile else None
+    try:
+        return await drain_rate(redis, DONE_KEY, count, worker, profiler)
+    except RuntimeError as error:
+        raise RuntimeError(f"{kind}: {error}; see {bench.root}/{name}.log") from error
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        stop(worker)
+
+
+class Profiler:
+    """py-spy sampling a process, to bench/results/profiles/`name`.speedscope.json; prints where
+    the process's CPU went per task when stopped."""
+
+    def __init__(self, process: subprocess.Popen[bytes], name: str) -> None:
+        self.process = process
+        self.name = name
+        self.output = PROFILES / f"{name}.speedscope.json"
+        self.recorder: subprocess.Popen[bytes] | None = None
+        self.tasks = 0
+
+    def start(self) -> None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        PROFILES.mkdir(parents=True, exist_ok=True)
+        options = ["--pid", str(self.process.pid), "--rate", str(PROFILE_RATE), "--nonblocking"]
+        options += ["--format", "speedscope", "--output", str(self.output)]
+        self.recorder = subprocess.Popen([py_spy, "record", *options], stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.send_signal(signal.SIGINT)
+        self.recorder.wait(120)
+        if self.tasks and self.output.exists():
+            print_profile(self.output, self.name, self.tasks)
+
+
+def print_profile(path: Path, name: str, tasks: int, top: int = 8) -> None:
+    """The packages and functions that took the most samples (self time), in ms per task."""
+    document = json.loads(path.read_text())
+    frames = document["shared"]["frames"]
+    functions: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    total = 0
+    for profile in document["profiles"]:
+        for stack in profile["samples"]:
+            if not stack:
+                continue
+            frame = frames[stack[-1]]
+            where = f"{frame['name']} ({Path(frame.get('file') or '?').name})"
+            functions[where] = functions.get(where, 0) + 1
+            package = package_of(frame.get("file") or "?")
+            packages[package] = packages.get(package, 0) + 1
+            total += 1
+    per_task = 1000 / PROFILE_RATE / tasks
+    print(f"py-spy, {name}: {total * per_task:.3f} ms of samples per task; by package, self time:")
+    for package, samples in sorted(packages.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {package:<28} {samples * per_task:>7.3f} ms  {samples / total:>5.0%}")
+    print("  top functions, self time:")
+    for where, samples in sorted(functions.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {where[:60]:<60} {samples * per_task:>7.3f} ms  {samples / total:>5.0%}")
+
+
+def package_of(file: str) -> str:
+    """The installed package a source file belongs to, the standard library module, or ours."""
+    parts = Path(file).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    for marker in ("verimail_worker", "verimail_shared", "verimail_api"):
+        if marker in parts:
+            return marker
+    stdlib = [part for part in parts if part.startswith("python3")]
+    if stdlib and parts.index(stdlib[-1]) + 1 < len(parts):
+        return "stdlib:" + parts[parts.index(stdlib[-1]) + 1].removesuffix(".py")
+    return Path(file).name or "?"
 
 
 def print_ratio_table(
@@ -44,3 +369,21 @@ def print_ratio_table(
             + ", ".join(f"{v:.{digits}f}" for v in values)
         )
     return medians
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def print_load(label: str, load: tuple[float, float, float]) -> None:
+    print(
+        f"load average {label}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores"
+    )
+
+
+def write_results(name: str, document: dict[str, Any]) -> Path:
+    """bench/results/`name`.json."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path

@@ -27,16 +27,11 @@ bench/results/e2e.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import itertools
-import json
 import multiprocessing
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -54,8 +49,16 @@ from sqlalchemy import func, insert, select, text
 from sqlmodel import col
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_ratio_table
-from throughput import RESULTS, Bench
+from common import (
+    Bench,
+    interleaved,
+    load_average,
+    parser,
+    print_load,
+    print_ratio_table,
+    stop,
+    write_results,
+)
 
 from verimail_shared import db, outbox, queue
 from verimail_shared.embedded import free_port
@@ -220,24 +223,15 @@ class E2E:
     def __init__(self, bench: Bench, sink: Sink) -> None:
         self.bench = bench
         self.sink = sink
-        self.settings = Settings(
-            _env_file=None,
-            database_url=bench.database_url,
-            redis_url=bench.redis_server.url,
-        )
+        self.settings: Settings = bench.settings()
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DATABASE_URL": self.bench.database_url,
-            "REDIS_URL": self.bench.redis_server.url,
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(self.sink.port),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "WORKER_METRICS_PORT": str(free_port()),
-            "VERIFY_EMAIL_DEFER_SECONDS": "0",
-        }
+        return self.bench.env(
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(self.sink.port),
+            WORKER_METRICS_PORT=str(free_port()),
+            VERIFY_EMAIL_DEFER_SECONDS="0",
+        )
 
     def spawn(self, side: str, run: int) -> subprocess.Popen[bytes]:
         if side == "worker":
@@ -245,8 +239,7 @@ class E2E:
         else:
             concurrency = str(self.settings.worker_max_jobs)
             argv = [sys.executable, __file__, side, "--concurrency", concurrency]
-        log = (self.bench.root / f"{side}-{run}.log").open("ab")
-        return subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        return self.bench.spawn(argv, f"{side}-{run}", self.env())
 
     async def prepare(self, side: str, run: int, count: int) -> set[str]:
         """Users and their dispatched outbox rows, as signups leave them; jobs on the queue for
@@ -323,8 +316,7 @@ class E2E:
             recipients, first, last = self.sink.report()
             await self.check(side, expected, recipients)
         finally:
-            process.terminate()
-            process.wait(60)
+            stop(process, 60)
         seconds = last - first
         return RunResult(side, len(recipients), seconds, (len(recipients) - 1) / seconds, cpu)
 
@@ -353,8 +345,7 @@ class CpuMeters:
         self.e2e = e2e
         self.side = psutil.Process(pid)
         self.sink = psutil.Process(e2e.sink.process.pid)
-        postmaster = (e2e.bench.postgres.data_dir / "postmaster.pid").read_text().split()[0]
-        self.postgres = psutil.Process(int(postmaster))
+        self.postgres = psutil.Process(e2e.bench.postgres_pid())
         self.before: dict[str, float] = {}
         self.at = 0.0
 
@@ -399,47 +390,40 @@ def print_tables(results: dict[str, list[RunResult]]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "loop", "smtp"])
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=10)
-    args = parser.parse_args()
+    cli = parser(__doc__, workers=("loop", "smtp"))
+    cli.add_argument("--count", type=int, default=2000)
+    cli.add_argument("--concurrency", type=int, default=10)
+    args = cli.parse_args()
     if args.command in ("loop", "smtp"):
         asyncio.run((tight_loop if args.command == "loop" else smtp_only)(args.concurrency))
         return
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench, sink = Bench(Path(tmp)), Sink()
-        bench.start()
+    load = load_average()
+    sink = Sink()
+    with Bench.running(args.redis_url) as bench:
         sink.start()
         try:
             e2e = E2E(bench, sink)
             results: dict[str, list[RunResult]] = {side: [] for side in SIDES}
-            for run, side in itertools.product(range(args.runs), SIDES):  # interleaved
+            for run, side in interleaved(SIDES, args.runs):
                 results[side].append(asyncio.run(e2e.measure(side, run, args.count)))
                 print(f"run {run + 1} {side}: {results[side][-1].emails_per_second:.0f} emails/s")
         finally:
             sink.stop()
-            bench.stop()
     medians = print_tables(results)
     ratio = medians["worker"] / medians["loop"]
     verdict = "met" if ratio >= TARGET_RATIO else "missed"
     print(f"\nworker ÷ loop = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
-    print(
-        f"\nload average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores"
+    print_load("before", load)
+    write_results(
+        "e2e",
+        {
+            "count": args.count,
+            "load_average_before": load,
+            "medians": medians,
+            "ratio_worker_to_loop": ratio,
+            "runs": {side: [asdict(r) for r in runs] for side, runs in results.items()},
+        },
     )
-    RESULTS.mkdir(exist_ok=True)
-    document = {
-        "count": args.count,
-        "load_average_before": load,
-        "medians": medians,
-        "ratio_worker_to_loop": ratio,
-        "runs": {side: [asdict(r) for r in runs] for side, runs in results.items()},
-    }
-    (RESULTS / "e2e.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

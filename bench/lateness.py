@@ -13,15 +13,11 @@ bench/results/queue-lateness.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -32,7 +28,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker, func
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import RESULTS, SIDES, Bench
+from common import Bench, interleaved, load_average, parser, print_load, stop, write_results
+from throughput import SIDES
 
 LATE_KEY = "bench:lateness"
 SETTLE_SECONDS = 2.0
@@ -118,24 +115,13 @@ async def measure(
     from verimail_shared.jobs import TaskName, deserialize_job, serialize_job
 
     redis: ArqRedis = await create_pool(
-        RedisSettings.from_dsn(bench.redis_server.url),
+        RedisSettings.from_dsn(bench.redis_url),
         job_serializer=serialize_job if kind == "ours" else None,
         job_deserializer=deserialize_job if kind == "ours" else None,
     )
     await redis.flushdb()
     reading = await commands_during(redis, 0.5)  # no worker yet: only the reading itself
-    env_worker = subprocess.Popen(
-        [sys.executable, __file__, "worker", "--kind", kind, "--redis", bench.redis_server.url],
-        env={
-            **os.environ,
-            "DATABASE_URL": bench.database_url,
-            "REDIS_URL": bench.redis_server.url,
-            "LOG_LEVEL": "WARNING",
-            "WORKER_METRICS_PORT": "0",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env_worker = bench.spawn_worker(__file__, kind, bench.env(LOG_LEVEL="WARNING"))
     await wait_for_worker(redis, env_worker)
     await asyncio.sleep(SETTLE_SECONDS)  # past start-up: connections, script loads, subscription
     idle_rate, idle_per_command = await idle_commands(redis, idle_seconds, reading)
@@ -163,8 +149,7 @@ async def measure(
     while await redis.llen(LATE_KEY) < count:
         await asyncio.sleep(0.05)
     lateness = [float(v) for v in await redis.lrange(LATE_KEY, 0, -1)]
-    env_worker.terminate()
-    env_worker.wait(30)
+    stop(env_worker)
     await redis.aclose()
     lateness.sort()
     return {
@@ -184,33 +169,21 @@ COLUMNS = ["p50_ms", "p99_ms", "max_ms", "idle_commands_per_s"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "worker"])
-    parser.add_argument("--kind", choices=SIDES)
-    parser.add_argument("--redis")
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=200)
-    parser.add_argument("--idle-seconds", type=float, default=30)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--count", type=int, default=2000)
+    cli.add_argument("--rate", type=float, default=200)
+    cli.add_argument("--idle-seconds", type=float, default=30)
+    args = cli.parse_args()
     if args.command == "worker":
-        run_worker(args.kind, args.redis)
+        run_worker(args.kind, args.redis_url)
         return
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench = Bench(Path(tmp))
-        bench.start()
-        try:
-            for _ in range(args.runs):
-                for side in SIDES:  # interleaved, so load on the machine hits every side
-                    runs[side].append(
-                        asyncio.run(measure(bench, side, args.count, args.rate, args.idle_seconds))
-                    )
-        finally:
-            bench.stop()
+    load = load_average()
+    with Bench.running(args.redis_url) as bench:
+        for _, side in interleaved(SIDES, args.runs):
+            runs[side].append(
+                asyncio.run(measure(bench, side, args.count, args.rate, args.idle_seconds))
+            )
     table = {
         side: {column: statistics.median(run[column] for run in side_runs) for column in COLUMNS}
         for side, side_runs in runs.items()
@@ -233,21 +206,17 @@ def main() -> None:
             f"  {side:<12} "
             + ", ".join(f"{n} {name}" for name, n in middle["idle_commands"].items())
         )
-    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "queue-lateness.json").write_text(
-        json.dumps(
-            {
-                "count": args.count,
-                "rate": args.rate,
-                "idle_seconds": args.idle_seconds,
-                "load_average": load,
-                "table": table,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
+    print_load("at the start", load)
+    write_results(
+        "queue-lateness",
+        {
+            "count": args.count,
+            "rate": args.rate,
+            "idle_seconds": args.idle_seconds,
+            "load_average": load,
+            "table": table,
+            "runs": runs,
+        },
     )
 
 

@@ -16,15 +16,11 @@ written to bench/results/memory.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import random
 import statistics
 import string
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,8 +41,18 @@ from verimail_shared.jobs import (
 from verimail_shared.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import (
+    DONE_KEY,
+    Bench,
+    interleaved,
+    load_average,
+    parser,
+    print_load,
+    stop,
+    write_results,
+)
 from lateness import SETTLE_SECONDS, wait_for_worker
-from throughput import DONE_KEY, RESULTS, Bench, enqueue_many
+from throughput import enqueue_many
 
 SIDES = ["ours", "arq"]
 WORKER_KIND = {"ours": "ours", "arq": "arq-default"}  # bench/throughput.py's worker sides
@@ -132,9 +138,7 @@ async def job_value_bytes(admin: Redis, sample: int = 200) -> float:
 
 async def bytes_per_job(bench: Bench, side: str, names: list[str]) -> tuple[float, float]:
     """Redis bytes per queued job, and the mean serialized job's length."""
-    settings = Settings(
-        _env_file=None, database_url=bench.database_url, redis_url=bench.redis_server.url
-    )
+    settings: Settings = bench.settings()
     admin = Redis.from_url(settings.redis_url)
     try:
         await admin.flushdb(asynchronous=False)
@@ -158,12 +162,12 @@ async def worker_rss(bench: Bench, side: str, jobs: int) -> tuple[int, int]:
     """The worker's resident bytes once idle, and after running `jobs` no-op jobs."""
     kind = WORKER_KIND[side]
     redis: ArqRedis = await create_pool(
-        RedisSettings.from_dsn(bench.redis_server.url),
+        RedisSettings.from_dsn(bench.redis_url),
         job_serializer=serialize_job if side == "ours" else None,
         job_deserializer=deserialize_job if side == "ours" else None,
     )
     await redis.flushdb()
-    worker = bench.spawn(kind, "throughput")
+    worker = bench.spawn_worker(str(Path(__file__).with_name("throughput.py")), kind)
     try:
         await wait_for_worker(redis, worker)
         await asyncio.sleep(SETTLE_SECONDS)
@@ -178,8 +182,7 @@ async def worker_rss(bench: Bench, side: str, jobs: int) -> tuple[int, int]:
         await asyncio.sleep(SETTLE_SECONDS)
         busy = process.memory_info().rss
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop(worker)
         await redis.aclose()
     return idle, busy
 
@@ -211,50 +214,36 @@ def report(runs: dict[str, list[dict[str, float]]], count: int, jobs: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--count", type=int, default=100_000, help="deferred jobs in Redis")
-    parser.add_argument("--jobs", type=int, default=10_000, help="jobs each worker runs")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    cli = parser(__doc__, workers=())
+    cli.add_argument("--count", type=int, default=100_000, help="deferred jobs in Redis")
+    cli.add_argument("--jobs", type=int, default=10_000, help="jobs each worker runs")
+    args = cli.parse_args()
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench = Bench(Path(tmp))
-        bench.start()
-        try:
-            for run in range(args.runs):
-                names = usernames(run, args.count)
-                # Alternate which side goes first, so neither always meets a warmer server.
-                for side in SIDES if run % 2 == 0 else SIDES[::-1]:
-                    per_job, value = asyncio.run(bytes_per_job(bench, side, names))
-                    idle, busy = asyncio.run(worker_rss(bench, side, args.jobs))
-                    runs[side].append(
-                        {
-                            "bytes_per_job": per_job,
-                            "job_value_bytes": value,
-                            "idle_rss": idle,
-                            "busy_rss": busy,
-                        }
-                    )
-        finally:
-            bench.stop()
+    load = load_average()
+    with Bench.running(args.redis_url) as bench:
+        # Alternate which side goes first, so neither always meets a warmer server.
+        for run, side in interleaved(SIDES, args.runs, alternate=True):
+            per_job, value = asyncio.run(bytes_per_job(bench, side, usernames(run, args.count)))
+            idle, busy = asyncio.run(worker_rss(bench, side, args.jobs))
+            runs[side].append(
+                {
+                    "bytes_per_job": per_job,
+                    "job_value_bytes": value,
+                    "idle_rss": idle,
+                    "busy_rss": busy,
+                }
+            )
     medians = report(runs, args.count, args.jobs)
-    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(
-        json.dumps(
-            {
-                "count": args.count,
-                "jobs": args.jobs,
-                "load_average": load,
-                "runs": runs,
-                "medians": medians,
-            },
-            indent=2,
-        )
-        + "\n"
+    print_load("at the start", load)
+    write_results(
+        "memory",
+        {
+            "count": args.count,
+            "jobs": args.jobs,
+            "load_average": load,
+            "runs": runs,
+            "medians": medians,
+        },
     )
 
 

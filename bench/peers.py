@@ -1,25 +1,27 @@
-"""Peers: the no-op workload of bench/throughput.py through SAQ, Celery, RQ and taskiq-redis,
-each in one worker process with its documented fastest settings, against our worker.
+"""Peers: the no-op workload of bench/throughput.py through SAQ, Celery, RQ, taskiq-redis, streaq
+and dramatiq, each in one worker process with its documented fastest settings, against ours.
 
     uv run --frozen --group bench python bench/peers.py --count 20000 --runs 3
+    uv run --frozen --group bench python bench/peers.py --runs 1 --profile   # py-spy, each side
+
+Every side runs against one Redis 7+ server in the same invocation (streaq needs Redis streams
+of Redis 7): `--redis-url` names one, else the harness (bench/common.py) starts a throwaway one.
 
 As in bench/throughput.py: `count` tasks are enqueued up front, then one worker process drains
 them and each task increments a counter in Redis; the rate runs from the first completion to the
 last. `ours` is measured by bench/throughput.py's own function (VerimailWorker as deployed).
 Sides are interleaved within each run against the same Redis and PostgreSQL; the table prints
 medians and ours ÷ side, and the results go to bench/results/peers.json. Each peer's settings
-are in its `run_*` function with the document they come from. Needs the `bench` dependency group.
+are in its `run_*` function with the document they come from. With `--profile`, py-spy samples
+each worker process through one more run and prints where its CPU went per task (speedscope
+files in bench/results/profiles/). Needs the `bench` dependency group.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import drain_rate, print_ratio_table
-from throughput import DONE_KEY, RESULTS, Bench, throughput
+import common
+from throughput import throughput
 
-PEERS = ["saq", "celery", "rq", "taskiq"]
+PEERS = ["saq", "celery", "rq", "taskiq", "streaq", "dramatiq"]
 SIDES = ["ours", *PEERS]
 QUEUE = "bench"
 TASK = "bench"
@@ -46,6 +48,12 @@ TASKIQ_MAX_PREFETCH = 100
 # Celery's optimizing guide (Prefetch Limits): many short tasks want a large multiplier, "Say 64,
 # or 128".
 CELERY_PREFETCH_MULTIPLIER = 128
+# streaq's benchmarks/README.md (and bench_streaq.py): Worker(concurrency=32), run as
+# `streaq --burst --workers 1 bench_streaq.worker`, that is with the CLI's INFO log config.
+STREAQ_CONCURRENCY = 32
+# dramatiq's benchmarks/bench.py runs `dramatiq bench -p 8` with the CLI's default --threads 8;
+# one process here, so one Worker with those 8 threads (what each CLI process starts).
+DRAMATIQ_THREADS = 8
 
 # The worker process's client for the completion counter: sync for Celery and RQ, async otherwise.
 counter: Any = None
@@ -55,11 +63,11 @@ counter: Any = None
 
 
 def noop_sync() -> None:
-    counter.incr(DONE_KEY)
+    counter.incr(common.DONE_KEY)
 
 
 async def noop_async(*args: Any) -> None:
-    await counter.incr(DONE_KEY)
+    await counter.incr(common.DONE_KEY)
 
 
 # ---------------------------------------------------------------- the workers (one process each)
@@ -160,11 +168,57 @@ def run_taskiq(redis_url: str) -> None:
     )
 
 
+def streaq_worker(redis_url: str) -> Any:
+    from streaq import Worker
+
+    # Results kept for the default 5 minutes, as each task's `ttl` says; no scheduler needed.
+    worker = Worker(redis_url=redis_url, queue_name=QUEUE, concurrency=STREAQ_CONCURRENCY)
+    worker.task(name=TASK)(noop_async)
+    return worker
+
+
+def run_streaq(redis_url: str) -> None:
+    """streaq 7.2 as its CLI's `_run_worker` runs it (log config included), without --burst."""
+    import logging.config
+
+    from streaq.utils import default_log_config
+
+    worker = streaq_worker(redis_url)
+    logging.config.dictConfig(default_log_config(worker.tz, False))
+    worker.run_sync()
+
+
+def dramatiq_broker(redis_url: str) -> Any:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=redis_url)  # the default middleware (retries, time limit, ...)
+    dramatiq.actor(noop_sync, actor_name=TASK, queue_name=QUEUE, broker=broker)
+    return broker
+
+
+def run_dramatiq(redis_url: str) -> None:
+    """dramatiq 2.2 with the Redis broker: one Worker, as each `dramatiq` CLI process runs one."""
+    import signal
+    import threading
+
+    from dramatiq import Worker
+
+    worker = Worker(dramatiq_broker(redis_url), worker_threads=DRAMATIQ_THREADS)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    worker.start()
+    stopping.wait()
+    worker.stop()
+
+
 def run_worker(kind: str, redis_url: str) -> None:
     global counter
-    sync = kind in ("celery", "rq")
+    sync = kind in ("celery", "rq", "dramatiq")
     counter = Redis.from_url(redis_url) if sync else AsyncRedis.from_url(redis_url)
-    {"saq": run_saq, "celery": run_celery, "rq": run_rq, "taskiq": run_taskiq}[kind](redis_url)
+    runs = {"saq": run_saq, "celery": run_celery, "rq": run_rq, "taskiq": run_taskiq}
+    runs |= {"streaq": run_streaq, "dramatiq": run_dramatiq}
+    runs[kind](redis_url)
 
 
 # ---------------------------------------------------------------- enqueueing (in the driver)
@@ -216,6 +270,25 @@ async def enqueue_taskiq(redis_url: str, count: int) -> None:
     await broker.shutdown()
 
 
+async def enqueue_streaq(redis_url: str, count: int) -> None:
+    worker = streaq_worker(redis_url)
+    task = worker.registry[TASK]
+    async with worker:
+        for start in range(0, count, BATCH):
+            # Worker.enqueue_many: one pipeline a batch, as its docstring recommends.
+            await worker.enqueue_many(
+                [task.enqueue() for _ in range(start, min(start + BATCH, count))]
+            )
+
+
+def enqueue_dramatiq(redis_url: str, count: int) -> None:
+    broker = dramatiq_broker(redis_url)
+    actor = broker.get_actor(TASK)
+    for _ in range(count):
+        actor.send()
+    broker.close()
+
+
 async def enqueue(kind: str, redis_url: str, count: int) -> None:
     if kind == "saq":
         await enqueue_saq(redis_url, count)
@@ -223,6 +296,10 @@ async def enqueue(kind: str, redis_url: str, count: int) -> None:
         await asyncio.to_thread(enqueue_celery, redis_url, count)
     elif kind == "rq":
         await asyncio.to_thread(enqueue_rq, redis_url, count)
+    elif kind == "streaq":
+        await enqueue_streaq(redis_url, count)
+    elif kind == "dramatiq":
+        await asyncio.to_thread(enqueue_dramatiq, redis_url, count)
     else:
         await enqueue_taskiq(redis_url, count)
 
@@ -230,66 +307,56 @@ async def enqueue(kind: str, redis_url: str, count: int) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-async def peer_rate(bench: Bench, kind: str, count: int) -> float:
-    redis_url = bench.redis_server.url
-    redis = AsyncRedis.from_url(redis_url)
-    await redis.flushdb()
-    await enqueue(kind, redis_url, count)
-    log = (bench.root / f"{kind}.log").open("ab")
-    worker = subprocess.Popen(
-        [sys.executable, __file__, "worker", "--kind", kind, "--redis", redis_url],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+async def peer_rate(bench: common.Bench, kind: str, count: int, profile: bool = False) -> float:
+    redis = AsyncRedis.from_url(bench.redis_url)
     try:
-        return await drain_rate(redis, DONE_KEY, count, worker)
-    except RuntimeError as error:
-        raise RuntimeError(f"{kind}: {error}; see {log.name}") from error
+        await redis.flushdb()
+        await enqueue(kind, bench.redis_url, count)
+        return await common.drain_worker(bench, __file__, kind, count, redis, profile)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
         await redis.aclose()
 
 
-async def rate(bench: Bench, side: str, count: int) -> float:
+async def rate(bench: common.Bench, side: str, count: int, profile: bool = False) -> float:
     if side == "ours":
-        return await throughput(bench, "ours", count)
-    return await peer_rate(bench, side, count)
+        return await throughput(bench, "ours", count, profile=profile)
+    return await peer_rate(bench, side, count, profile)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    cli = common.parser(__doc__)
+    cli.add_argument("--count", type=int, default=20000, help="no-op tasks per side and run")
+    cli.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES)
+    cli.add_argument(
+        "--profile", action="store_true", help="then one more run of each side under py-spy"
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "worker"])
-    parser.add_argument("--kind", choices=PEERS)
-    parser.add_argument("--redis")
-    parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES)
-    args = parser.parse_args()
+    args = cli.parse_args()
     if args.command == "worker":
         logging.basicConfig(level=logging.WARNING)
-        run_worker(args.kind, args.redis)
+        run_worker(args.kind, args.redis_url)
         return
     sides = ["ours", *(side for side in args.sides if side != "ours")]
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench = Bench(Path(tmp))
-        bench.start()
-        try:
-            runs: dict[str, list[float]] = {side: [] for side in sides}
-            for _ in range(args.runs):
-                for side in sides:  # interleaved, so load on the machine hits every side
-                    runs[side].append(asyncio.run(rate(bench, side, args.count)))
-        finally:
-            bench.stop()
-    medians = print_ratio_table(runs, reference="ours")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(
-        json.dumps({"count": args.count, "runs": runs, "medians": medians}, indent=2) + "\n"
+    load = common.load_average()
+    runs: dict[str, list[float]] = {side: [] for side in sides}
+    with common.Bench.running(args.redis_url) as bench:
+        print(f"Redis {bench.redis_version} at {bench.redis_url}")
+        for run, side in common.interleaved(sides, args.runs):
+            runs[side].append(asyncio.run(rate(bench, side, args.count)))
+            print(f"run {run + 1} {side}: {runs[side][-1]:.0f} tasks/s", flush=True)
+        if args.profile:
+            for side in sides:
+                asyncio.run(rate(bench, side, args.count, profile=True))
+    medians = common.print_ratio_table(runs, reference="ours")
+    common.print_load("at the start", load)
+    common.write_results(
+        "peers",
+        {
+            "count": args.count,
+            "redis_version": bench.redis_version,
+            "load_average": load,
+            "runs": runs,
+            "medians": medians,
+        },
     )
 
 

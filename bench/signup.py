@@ -1,53 +1,66 @@
-"""Signup at saturation through the real API server, against the raw argon2id hash rate.
+"""Signup at saturation through the real API server driven by wrk, against the raw argon2id
+hash rate of the same cores.
 
     uv run --frozen --group bench python bench/signup.py --duration 30 --runs 3
 
+Needs `wrk` (a C load generator, so the client takes little CPU): `apt-get install wrk`.
 Starts Bench's embedded PostgreSQL and Redis and the real `verimail-api` command (uvicorn, JSON
 logs at INFO into a file, rate limits off, the argon2id parameters of the settings: their
 defaults, or ARGON2_* from the environment). Then, interleaved in every run:
 
 - `argon2id-raw`: one thread per core in this process (as many as the API's hashing pool) hash
   with the same parameters in a tight loop for --duration seconds: the limit of these cores;
-- `signup`: --connections keep-alive connections POST /v1/create_user back to back, each with
-  a new user, from a lean asyncio client in this process; after --warmup seconds, signups per
-  second and latency p50/p99 over --duration seconds, the API's event-loop lag over that window
-  (from `verimail_api_event_loop_lag_seconds` on /metrics), and the CPU time per signup of the
-  API's event-loop thread and its other threads (hashing), PostgreSQL, Redis and this client.
+- `signup`: wrk with --connections keep-alive connections POSTs /v1/create_user, a new user
+  each time (bench/signup.lua), first for --warmup seconds, then for --duration seconds
+  measured: signups per second, latency p50/p99 (wrk's), the API's event-loop stalls over that
+  window (samples of `verimail_api_event_loop_lag_seconds` over 50 ms, from /metrics), and the
+  CPU time per signup of each process: the API's event-loop thread and its other threads
+  (hashing), PostgreSQL (every backend), Redis and wrk.
 
 Prints medians and the ratio signup ÷ raw (target >= 0.85), also per run, and writes
 bench/results/signup.json (and the API's log to bench/results/signup-api.log). On a machine that
 other work loads, more and shorter runs (`--duration 10 --runs 9`) pair the sides more closely.
-Needs nothing beyond the workspace and its `bench` dependency group (psutil).
+With `--profile`, one more signup run under py-spy shows where the API's CPU goes per signup.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import uvloop
-from redis.asyncio import Redis
+from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_ratio_table
-from throughput import RESULTS, Bench
+from common import (
+    RESULTS,
+    Bench,
+    Profiler,
+    interleaved,
+    load_average,
+    parser,
+    print_ratio_table,
+    stop,
+    write_results,
+)
 
 from verimail_api.passwords import cores, hasher
 from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
 
+WRK_SCRIPT = Path(__file__).with_name("signup.lua")
+WRK_MISSING = "wrk not found: install it with `apt-get install wrk` (Debian, Ubuntu)"
 PASSWORD = "correct horse battery staple"  # noqa: S105 (a bench user's)
 LAG_METRIC = "verimail_api_event_loop_lag_seconds"
 STALL_SECONDS = 0.05
@@ -95,18 +108,13 @@ class Api:
         self.port = free_port()
         RESULTS.mkdir(exist_ok=True)
         self.log = API_LOG.open("wb")
-        env = {
-            **os.environ,
-            "DATABASE_URL": bench.database_url,
-            "REDIS_URL": bench.redis_server.url,
-            "API_PORT": str(self.port),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "ARGON2_TIME_COST": str(settings.argon2_time_cost),
-            "ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib),
-            "ARGON2_PARALLELISM": str(settings.argon2_parallelism),
-            "RATE_LIMIT_CREATE_USER": "off",
-        }
+        env = bench.env(
+            API_PORT=str(self.port),
+            ARGON2_TIME_COST=str(settings.argon2_time_cost),
+            ARGON2_MEMORY_KIB=str(settings.argon2_memory_kib),
+            ARGON2_PARALLELISM=str(settings.argon2_parallelism),
+            RATE_LIMIT_CREATE_USER="off",
+        )
         env.pop("API_METRICS_PORT", None)  # /metrics on the API's own port
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("verimail-api"))],
@@ -118,66 +126,34 @@ class Api:
         wait_for_port(self.port, 30)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        stop(self.process)
         self.log.close()
 
 
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def request(port: int, raw: bytes, stream: Stream | None = None) -> tuple[int, bytes]:
-    """Send one HTTP/1.1 request (on `stream` if given, else on a new connection) and read the
-    answer: status and body."""
-    reader, writer = stream or await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length)
-    if stream is None:
-        writer.close()
-    return status, body
-
-
-def create_user_request(username: str) -> bytes:
-    body = json.dumps(
-        {
-            "username": username,
-            "full_name": "Bench User",
-            "email": f"{username}@example.com",
-            "password": PASSWORD,
-        }
-    ).encode()
-    head = (
-        "POST /v1/create_user HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 @dataclass
-class Answer:
-    finished: float
-    latency: float
-    status: int
+class Wrk:
+    """One wrk run: its summary (from bench/signup.lua) and its own CPU seconds."""
+
+    summary: dict[str, int]
+    cpu_seconds: float
 
 
-async def sign_up_until(port: int, prefix: str, deadline: float, answers: list[Answer]) -> None:
-    """One keep-alive connection signing new users up back to back until `deadline`."""
-    stream = await asyncio.open_connection("127.0.0.1", port)
-    n = 0
-    while time.perf_counter() < deadline:
-        raw = create_user_request(f"{prefix}_{n}")
-        n += 1
-        started = time.perf_counter()
-        status, _ = await request(port, raw, stream)
-        finished = time.perf_counter()
-        answers.append(Answer(finished, finished - started, status))
-    stream[1].close()
+def run_wrk(port: int, connections: int, seconds: float, prefix: str) -> Wrk:
+    """wrk for `seconds` against the API; waits for it and takes its CPU time from the kernel."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit(WRK_MISSING)
+    threads = min(connections, cores())
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
+    argv += ["-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/v1/create_user", "--", prefix]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
+        output = process.stdout.read() if process.stdout else ""
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in output.splitlines() if line.startswith("WRK_JSON ")]
+    if process.returncode or not lines:
+        raise RuntimeError(f"wrk failed ({process.returncode}): {output[-500:]}")
+    return Wrk(json.loads(lines[-1].removeprefix("WRK_JSON ")), usage.ru_utime + usage.ru_stime)
 
 
 @dataclass
@@ -188,19 +164,19 @@ class Snapshot:
     cpu: dict[str, float]
 
 
-async def snapshot(api: Api, postgres_pid: int, redis: Redis) -> Snapshot:
-    _, body = await request(
-        api.port, b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
+def snapshot(api: Api, postgres_pid: int, redis: Redis) -> Snapshot:
+    url = f"http://127.0.0.1:{api.port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        body = answer.read().decode()
     buckets = {}
-    for line in body.decode().splitlines():
+    for line in body.splitlines():
         if line.startswith(f"{LAG_METRIC}_bucket{{"):
             bound = line.split('le="')[1].split('"')[0]
             buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
     threads = psutil.Process(api.process.pid).threads()
     loop_thread = sum(t.user_time + t.system_time for t in threads if t.id == api.process.pid)
     other_threads = sum(t.user_time + t.system_time for t in threads if t.id != api.process.pid)
-    info = await redis.info("cpu")
+    info = redis.info("cpu")
     postmaster = psutil.Process(postgres_pid)
     postgres = sum(
         sum(p.cpu_times()[:2]) for p in [postmaster, *postmaster.children(recursive=True)]
@@ -212,50 +188,54 @@ async def snapshot(api: Api, postgres_pid: int, redis: Redis) -> Snapshot:
             "api_other_threads": other_threads,
             "postgres": postgres,
             "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-            "client": sum(psutil.Process().cpu_times()[:2]),
         },
     )
 
 
-async def signup_run(
-    api: Api, bench: Bench, run: int, connections: int, warmup: float, duration: float
+def signup_run(
+    api: Api,
+    bench: Bench,
+    run: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+    profiler: Profiler | None = None,
 ) -> dict[str, Any]:
-    redis = Redis.from_url(bench.redis_server.url)
-    postgres_pid = int((bench.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    started = time.perf_counter()
-    window_start, window_end = started + warmup, started + warmup + duration
-    answers: list[Answer] = []
-    clients = [
-        asyncio.create_task(sign_up_until(api.port, f"r{run}c{c}", window_end, answers))
-        for c in range(connections)
-    ]
-    await asyncio.sleep(window_start - time.perf_counter())
-    before = await snapshot(api, postgres_pid, redis)
-    await asyncio.sleep(window_end - time.perf_counter())
-    after = await snapshot(api, postgres_pid, redis)
-    await asyncio.gather(*clients)
-    await redis.aclose()
-    inside = [a for a in answers if window_start <= a.finished < window_end]
-    ok = [a for a in inside if a.status == 200]
-    if len(ok) < 2:
-        raise RuntimeError(f"only {len(ok)} signups succeeded: see {API_LOG}")
-    latencies = sorted(a.latency for a in ok)
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    """One measured wrk run after a warm-up one; `profiler` samples the API during it."""
+    redis = Redis.from_url(bench.redis_url)
+    postgres_pid = bench.postgres_pid()
+    if warmup > 0:
+        run_wrk(api.port, connections, warmup, f"r{run}w")
+    before = snapshot(api, postgres_pid, redis)
+    if profiler is not None:
+        profiler.start()
+    wrk = run_wrk(api.port, connections, duration, f"r{run}m")
+    after = snapshot(api, postgres_pid, redis)
+    redis.close()
+    summary = wrk.summary
+    errors = sum(summary[key] for key in summary if key.endswith(("_errors", "timeouts")))
+    ok = summary["requests"] - summary["status_errors"]
+    if ok < 2:
+        raise RuntimeError(f"only {ok} signups succeeded: see {API_LOG}")
+    if profiler is not None:
+        profiler.tasks = ok
+        profiler.stop()
+    seconds = summary["duration_us"] / 1e6
     lag = {le: after.lag_buckets[le] - before.lag_buckets.get(le, 0) for le in after.lag_buckets}
     samples = lag[float("inf")]
+    cpu = {name: (after.cpu[name] - before.cpu[name]) * 1000 / ok for name in after.cpu}
+    cpu["wrk"] = wrk.cpu_seconds * 1000 / ok
     return {
-        "signups_per_second": len(ok) / duration,
-        "errors": len(inside) - len(ok),
-        "latency_p50_ms": cuts[49] * 1000,
-        "latency_p99_ms": cuts[98] * 1000,
-        "latency_max_ms": latencies[-1] * 1000,
+        "signups_per_second": ok / seconds,
+        "errors": errors,
+        "latency_p50_ms": summary["p50_us"] / 1000,
+        "latency_p99_ms": summary["p99_us"] / 1000,
+        "latency_max_ms": summary["max_us"] / 1000,
         "lag_samples": samples,
         "lag_over_50ms": samples - lag[STALL_SECONDS],
         # The smallest bucket bound that holds every sample: the largest lag is at most this.
         "lag_max_at_most_ms": min(le for le, n in lag.items() if n == samples) * 1000,
-        "cpu_ms_per_signup": {
-            name: (after.cpu[name] - before.cpu[name]) * 1000 / len(ok) for name in after.cpu
-        },
+        "cpu_ms_per_signup": cpu,
     }
 
 
@@ -263,36 +243,36 @@ async def signup_run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    cli = parser(__doc__, workers=())
+    cli.add_argument("--duration", type=float, default=30, help="seconds measured per side")
+    cli.add_argument("--warmup", type=float, default=3, help="seconds of load before that")
+    cli.add_argument("--connections", type=int, default=16, help="wrk's connections")
+    cli.add_argument(
+        "--profile", action="store_true", help="then one more signup run with py-spy on the API"
     )
-    parser.add_argument("--duration", type=float, default=30, help="seconds measured per side")
-    parser.add_argument("--warmup", type=float, default=3, help="seconds of load before that")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=4 * cores(), help="concurrent clients")
-    args = parser.parse_args()
+    args = cli.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit(WRK_MISSING)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    load_before = os.getloadavg()
+    load_before = load_average()
     raw: list[HashRate] = []
     signups: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench = Bench(Path(tmp))
-        bench.start()
-        api = None
+    with Bench.running(args.redis_url) as bench:
+        api = Api(bench, settings)
         try:
-            api = Api(bench, settings)
-            for run in range(args.runs):  # interleaved, so load on the machine hits both sides
-                raw.append(hash_rate(settings, args.duration))
-                signups.append(
-                    uvloop.run(  # the lighter loop: the client shares the cores with the API
+            for run, side in interleaved(["argon2id-raw", "signup"], args.runs):
+                if side == "argon2id-raw":
+                    raw.append(hash_rate(settings, args.duration))
+                else:
+                    signups.append(
                         signup_run(api, bench, run, args.connections, args.warmup, args.duration)
                     )
-                )
+            if args.profile:
+                profiler = Profiler(api.process, "signup-api")
+                signup_run(api, bench, args.runs, args.connections, 0, args.duration, profiler)
         finally:
-            if api is not None:
-                api.stop()
-            bench.stop()
-    report(args, settings, raw, signups, [load_before, os.getloadavg()])
+            api.stop()
+    report(args, settings, raw, signups, [load_before, load_average()])
 
 
 def report(
@@ -307,9 +287,10 @@ def report(
 
     print(
         f"argon2id t={settings.argon2_time_cost} m={settings.argon2_memory_kib} KiB "
-        f"p={settings.argon2_parallelism}, {cores()} hashing threads, {args.connections} "
-        f"connections, {args.duration:.0f} s per side, {args.runs} runs; load average "
-        f"{load[0][0]:.1f} before, {load[1][0]:.1f} after"
+        f"p={settings.argon2_parallelism}, {cores()} hashing threads, wrk with "
+        f"{args.connections} connections, {args.duration:.0f} s per side, {args.runs} runs; "
+        f"load average {load[0][0]:.2f} {load[0][1]:.2f} {load[0][2]:.2f} at the start, "
+        f"{load[1][0]:.2f} at the end"
     )
     medians = print_ratio_table(
         {
@@ -352,33 +333,25 @@ def report(
         + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
         + f"; raw hash ÷ signup CPU {cpu_bound:.2f}"
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "signup.json").write_text(
-        json.dumps(
-            {
-                "argon2": {
-                    "time_cost": settings.argon2_time_cost,
-                    "memory_kib": settings.argon2_memory_kib,
-                    "parallelism": settings.argon2_parallelism,
-                },
-                "cores": cores(),
-                "connections": args.connections,
-                "duration_seconds": args.duration,
-                "load_average_before_after": load,
-                "raw_runs": [vars(rate) for rate in raw],
-                "signup_runs": signups,
-                "medians": {
-                    **medians,
-                    "cpu_ms_per_raw_hash": hash_cpu,
-                    "cpu_ms_per_signup": cpu,
-                },
-                "ratio_signup_to_raw": ratio,
-                "ratio_per_run": paired,
-                "ratio_raw_hash_cpu_to_signup_cpu": cpu_bound,
+    write_results(
+        "signup",
+        {
+            "argon2": {
+                "time_cost": settings.argon2_time_cost,
+                "memory_kib": settings.argon2_memory_kib,
+                "parallelism": settings.argon2_parallelism,
             },
-            indent=2,
-        )
-        + "\n"
+            "cores": cores(),
+            "connections": args.connections,
+            "duration_seconds": args.duration,
+            "load_average_before_after": load,
+            "raw_runs": [vars(rate) for rate in raw],
+            "signup_runs": signups,
+            "medians": {**medians, "cpu_ms_per_raw_hash": hash_cpu, "cpu_ms_per_signup": cpu},
+            "ratio_signup_to_raw": ratio,
+            "ratio_per_run": paired,
+            "ratio_raw_hash_cpu_to_signup_cpu": cpu_bound,
+        },
     )
 
 

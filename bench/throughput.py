@@ -1,25 +1,21 @@
 """Queue overhead: no-op tasks per second for one worker process, both sides in one invocation
 against the same Redis and PostgreSQL.
 
-    uv run python bench/throughput.py throughput --count 20000 --runs 3
+    uv run python bench/throughput.py --count 20000 --runs 3
 
 Sides: `ours` (VerimailWorker: weighted queues, wake-on-work, our task runner with metrics,
 JSON logging and the outbox completion mark, as deployed), `arq-default` (bare arq 0.28:
 poll_delay 0.5 s, max_jobs 10) and `arq-tuned` (bare arq, poll_delay 0.01 s). Each worker runs
 in a process of its own; tables print medians, ratios are against `ours`, and the results are
-written to bench/results/queue-throughput.json.
+written to bench/results/queue-throughput.json. The harness (servers, run loop, drain timer) is
+bench/common.py's.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +23,19 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker, func
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import drain_rate, print_ratio_table
+from common import (
+    DONE_KEY,
+    Bench,
+    drain_worker,
+    interleaved,
+    load_average,
+    parser,
+    print_load,
+    print_ratio_table,
+    write_results,
+)
 
-RESULTS = Path(__file__).parent / "results"
 SIDES = ["ours", "arq-default", "arq-tuned"]
-DONE_KEY = "bench:done"
 
 
 # ---------------------------------------------------------------- the worker side (a process)
@@ -41,9 +45,9 @@ async def noop_arq(ctx: dict[str, Any], *args: Any) -> None:
     await ctx["redis"].incr(DONE_KEY)
 
 
-def run_worker(kind: str, mode: str, redis_url: str) -> None:
+def run_worker(kind: str, redis_url: str) -> None:
     if kind == "ours":
-        run_ours(mode, redis_url)
+        run_ours(redis_url)
         return
     poll = 0.5 if kind == "arq-default" else 0.01
     Worker(
@@ -56,7 +60,7 @@ def run_worker(kind: str, mode: str, redis_url: str) -> None:
     ).run()
 
 
-def run_ours(mode: str, redis_url: str) -> None:
+def run_ours(redis_url: str) -> None:
     from verimail_shared.jobs import TaskName
     from verimail_shared.logs import configure_logging
     from verimail_shared.settings import get_settings
@@ -78,55 +82,6 @@ def run_ours(mode: str, redis_url: str) -> None:
 
 
 # ---------------------------------------------------------------- the driver
-
-
-class Bench:
-    def __init__(self, root: Path) -> None:
-        from verimail_shared.embedded import EmbeddedPostgres, EmbeddedRedis
-
-        self.postgres = EmbeddedPostgres(root / "postgres")
-        self.redis_server = EmbeddedRedis(root / "redis", appendonly=False)
-        self.root = root
-
-    def start(self) -> None:
-        from verimail_shared.migrate import upgrade
-        from verimail_shared.settings import Settings
-
-        self.postgres.start()
-        self.redis_server.start()
-        self.database_url = self.postgres.create_database("bench")
-        upgrade(Settings(_env_file=None, database_url=self.database_url))  # type: ignore[call-arg]
-
-    def stop(self) -> None:
-        self.redis_server.stop()
-        self.postgres.stop()
-
-    def spawn(self, kind: str, mode: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis_server.url,
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "WORKER_METRICS_PORT": "0",
-        }
-        log = (self.root / f"{kind}-{mode}.log").open("ab")
-        return subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "worker",
-                "--kind",
-                kind,
-                "--mode",
-                mode,
-                "--redis",
-                self.redis_server.url,
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def enqueue_many(redis: ArqRedis, kind: str, count: int) -> None:
@@ -158,56 +113,40 @@ async def enqueue_many(redis: ArqRedis, kind: str, count: int) -> None:
             )
 
 
-async def throughput(bench: Bench, kind: str, count: int) -> float:
+async def throughput(bench: Bench, kind: str, count: int, profile: bool = False) -> float:
     from verimail_shared.jobs import deserialize_job, serialize_job
 
     redis = await create_pool(
-        RedisSettings.from_dsn(bench.redis_server.url),
+        RedisSettings.from_dsn(bench.redis_url),
         job_serializer=serialize_job if kind == "ours" else None,
         job_deserializer=deserialize_job if kind == "ours" else None,
     )
-    await redis.flushdb()
-    await enqueue_many(redis, kind, count)
-    worker = bench.spawn(kind, "throughput")
     try:
-        return await drain_rate(redis, DONE_KEY, count, worker)
+        await redis.flushdb()
+        await enqueue_many(redis, kind, count)
+        return await drain_worker(bench, __file__, kind, count, redis, profile)
     finally:
-        worker.terminate()
-        worker.wait(30)
         await redis.aclose()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker")
-    worker.add_argument("--kind", choices=SIDES)
-    worker.add_argument("--mode", choices=["throughput"])
-    worker.add_argument("--redis")
-    tp = sub.add_parser("throughput")
-    tp.add_argument("--count", type=int, default=20000)
-    tp.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--count", type=int, default=20000, help="no-op tasks per side and run")
+    args = cli.parse_args()
     if args.command == "worker":
         logging.basicConfig(level=logging.WARNING)
-        run_worker(args.kind, args.mode, args.redis)
+        run_worker(args.kind, args.redis_url)
         return
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        bench = Bench(Path(tmp))
-        bench.start()
-        try:
-            rates: dict[str, list[float]] = {side: [] for side in SIDES}
-            for _ in range(args.runs):
-                for side in SIDES:  # interleaved, so load on the machine hits every side
-                    rates[side].append(asyncio.run(throughput(bench, side, args.count)))
-        finally:
-            bench.stop()
+    load = load_average()
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    with Bench.running(args.redis_url) as bench:
+        for _, side in interleaved(SIDES, args.runs):
+            rates[side].append(asyncio.run(throughput(bench, side, args.count)))
     medians = print_ratio_table(rates, reference="ours")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "queue-throughput.json").write_text(
-        json.dumps({"count": args.count, "runs": rates, "medians": medians}, indent=2) + "\n"
+    print_load("at the start", load)
+    write_results(
+        "queue-throughput",
+        {"count": args.count, "load_average": load, "runs": rates, "medians": medians},
     )
 
 

@@ -68,6 +68,7 @@ class Stack:
             "SMTP_HOST": s.smtp_host,
             "SMTP_PORT": str(s.smtp_port),
             "LOG_FORMAT": "json",
+            "LOG_LEVEL": "DEBUG",  # the drills read `task_started`, logged at DEBUG
             "WORKER_METRICS_PORT": str(free_port()),
             "WORKER_POLL_DELAY_SECONDS": "0.05",
             "WORKER_JOB_TIMEOUT_SECONDS": str(s.worker_job_timeout_seconds),

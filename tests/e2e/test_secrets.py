@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from sqlalchemy import text
 
 from tests.support.polling import eventually
-from tests.support.processes import Service, system_env
+from tests.support.processes import Service, command, system_env
 from tests.support.services import database, fetch_value
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
@@ -65,6 +69,102 @@ async def redis_dump(redis: ArqRedis) -> str:
     return "\n".join(parts)
 
 
+async def console_pages(
+    client: httpx.AsyncClient, settings: Settings, user: dict[str, str], code: str
+) -> str:
+    """Every console page, signed in, with a dead letter whose payload carries a secret field
+    (the console masks it), and the pages bad input gets."""
+    texts = [(await client.get("/admin/login")).text]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', texts[0])
+    assert csrf
+    wrong = await client.post("/admin/login", data={"token": ADMIN_TOKEN + "x", "csrf": csrf[1]})
+    assert wrong.status_code == 401
+    signed_in = await client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf": csrf[1]})
+    assert signed_in.status_code == 303
+    overview = await client.get("/admin/")
+    session_csrf = re.search(r'name="csrf" value="([^"]+)"', overview.text)
+    assert session_csrf
+    dead = {"username": user["username"], "max_tries": 1, "secret_code": code}
+    resent = await client.post(
+        "/admin/lookup/resend", data={"csrf": session_csrf[1], "q": user["email"]}
+    )
+    assert resent.status_code == 303
+    texts.append((await client.get(resent.headers["location"])).text)
+    paths = [
+        "/admin/",
+        "/admin/queues",
+        *(f"/admin/queues/{q}?state={s}" for q in ("critical", "default") for s in STATES),
+        "/admin/dead-letters?status=all",
+        "/admin/dead-letters/999999",
+        f"/admin/lookup?q={user['email']}",
+        f"/admin/lookup?q={user['username']}",
+        "/admin/lookup?q=nobody",
+        "/admin/queues/critical?page=abc",
+    ]
+    texts += [(await client.get(path)).text for path in paths]
+    texts.append(await dead_letter_page(client, settings, dead))
+    texts.append((await client.post("/admin/logout", data={})).text)  # no CSRF: 403
+    return "\n".join(texts)
+
+
+STATES = ("ready", "deferred", "in_progress")
+
+
+async def dead_letter_page(
+    client: httpx.AsyncClient, settings: Settings, payload: dict[str, object]
+) -> str:
+    async with database(settings) as engine, engine.begin() as connection:
+        dead_id = (
+            await connection.execute(
+                text(
+                    "INSERT INTO dead_tasks (job_id, task, queue, payload, tries, last_error) "
+                    "VALUES ('secret-dead', 'send_verify_email', 'critical', :payload, 1, 'x') "
+                    "RETURNING id"
+                ),
+                {"payload": json.dumps(payload)},
+            )
+        ).scalar_one()
+    page = await client.get(f"/admin/dead-letters/{dead_id}")
+    assert page.status_code == 200 and "secret_code" in page.text
+    listing = await client.get("/admin/dead-letters")
+    return page.text + listing.text
+
+
+def run_every_cli_command(env: dict[str, str], user: dict[str, str]) -> str:
+    """stdout and stderr of every verimail-admin command, as tables and as JSON."""
+    commands = [
+        ["queues"],
+        ["workers"],
+        ["dead-tasks", "list", "--status", "all"],
+        ["lookup", user["email"]],
+        ["lookup", user["username"]],
+        ["lookup", "nobody"],
+    ]
+    outputs = []
+    for args in [*commands, *([*c, "--json"] for c in commands)]:
+        done = subprocess.run(
+            [command("verimail-admin"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        outputs += [done.stdout, done.stderr]
+    dead = subprocess.run(
+        [command("verimail-admin"), "dead-tasks", "list", "--status", "all", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert '"secret_code": "********"' in dead.stdout
+    return "\n".join(outputs)
+
+
+@pytest.mark.timeout(600)  # a dozen verimail-admin processes besides the system
 async def test_no_secret_reaches_a_log_a_metric_redis_or_an_error_body(
     settings: Settings, redis: ArqRedis, auth_smtp: SmtpServer, tmp_path: Path
 ) -> None:
@@ -105,10 +205,12 @@ async def test_no_secret_reaches_a_log_a_metric_redis_or_an_error_body(
             ]
             assert all(400 <= r.status_code < 500 for r in failing)
             bodies += [r.text for r in failing]
+            pages = await console_pages(client, settings, body, code)
             metrics = [
                 (await client.get("/metrics")).text,
                 (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text,
             ]
+        cli = run_every_cli_command(env, body)
         dump = await redis_dump(redis)
     finally:
         api.stop()
@@ -132,12 +234,15 @@ async def test_no_secret_reaches_a_log_a_metric_redis_or_an_error_body(
         "verification code": code,
         "SMTP password": SMTP_PASSWORD,
         "admin token": ADMIN_TOKEN,
+        "verification code hash": stored_code,
     }
     places = {
         "logs": logs,
         "metrics": "\n".join(metrics),
         "redis": dump,
         "error bodies": "\n".join(bodies),
+        "console pages": pages,
+        "verimail-admin output": cli,
     }
     leaks = [
         (secret, place)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from tests.support.outbox import outbox_rows
 from tests.support.polling import eventually
-from tests.support.services import api_client, fetch_value, running_worker
+from tests.support.services import api_client, execute, fetch_value, running_worker
 from tests.support.smtp import SmtpServer
 from tests.support.users import new_user
-from verimail_shared import db, outbox
-from verimail_shared.jobs import Queue, SendVerifyEmailPayload, TaskName, queue_key
+from verimail_shared import db
+from verimail_shared.jobs import Queue, queue_key
 from verimail_shared.marks import Completions, DispatchedMarks, Marks
 from verimail_shared.settings import Settings
 from verimail_shared.tables import OutboxTask, loaded
@@ -43,17 +45,36 @@ class Kind:
             marks.add(getattr(row, self.key))
 
 
-KINDS = [
-    pytest.param(Kind(DispatchedMarks, "dispatched_at", "id"), id="dispatched"),
-    pytest.param(Kind(Completions, "completed_at", "job_id"), id="completed"),
-]
+@pytest.fixture(
+    params=[
+        Kind(DispatchedMarks, "dispatched_at", "id"),
+        Kind(Completions, "completed_at", "job_id"),
+    ],
+    ids=["dispatched", "completed"],
+)
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Each test of a batcher runs for the API's dispatch marks and the worker's completion marks."""
+    return request.param  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.fixture
+async def rows(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[list[OutboxTask]]:
+    """Forty outbox rows of users that do not exist, deleted afterwards: a worker's relay in a
+    later test must not find them."""
+    made = await outbox_rows(sessions, *(f"m{n}" for n in range(40)))
+    yield made
+    await execute(engine, "DELETE FROM outbox WHERE id = ANY(:ids)", ids=_ids(made))
+
+
 async def test_marks_added_together_are_written_by_one_update_at_the_latest_on_close(
-    kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+    kind: Kind,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    rows: list[OutboxTask],
 ) -> None:
-    rows = await _outbox_rows(sessions, 5)
+    rows = rows[:5]
     marks = kind.new(sessions, interval=3600)
     kind.add(marks, rows)
     # Closing does not wait out the interval: it marks what is waiting at once.
@@ -65,11 +86,12 @@ async def test_marks_added_together_are_written_by_one_update_at_the_latest_on_c
     assert await fetch_value(engine, sql, ids=_ids(rows)) == 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_a_mark_added_while_an_update_runs_is_written_by_the_next_one(
-    kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+    kind: Kind,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    rows: list[OutboxTask],
 ) -> None:
-    rows = await _outbox_rows(sessions, 40)
     marks = kind.new(sessions, interval=0.005)
     for row in rows:  # a steady trickle: some arrive while an UPDATE is under way
         kind.add(marks, [row])
@@ -80,11 +102,10 @@ async def test_a_mark_added_while_an_update_runs_is_written_by_the_next_one(
     await marks.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_marks_that_cannot_be_written_stay_pending_and_are_written_once_postgresql_is_back(
-    kind: Kind, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+    kind: Kind, engine: AsyncEngine, rows: list[OutboxTask]
 ) -> None:
-    rows = await _outbox_rows(sessions, 3)
+    rows = rows[:3]
     nowhere = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
     unreachable = db.create_sessionmaker(nowhere)
     marks = kind.new(unreachable, interval=0.005, retry_seconds=0.05)
@@ -130,14 +151,6 @@ async def test_a_processed_job_gets_its_outbox_row_marked_completed(
     async with running_worker(settings):
         await eventually(lambda: smtp_server.to(body["email"]))
         await eventually(lambda: _all_marked(engine, "completed_at", rows))
-
-
-async def _outbox_rows(sessions: async_sessionmaker[AsyncSession], count: int) -> list[OutboxTask]:
-    payloads = [SendVerifyEmailPayload(username=f"m{n}", max_tries=1) for n in range(count)]
-    rows = [outbox.new_task(TaskName.SEND_VERIFY_EMAIL, payload, 0) for payload in payloads]
-    async with db.transaction(sessions) as session:
-        session.add_all(rows)
-    return rows
 
 
 async def _rows_of(

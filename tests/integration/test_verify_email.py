@@ -229,3 +229,41 @@ async def test_the_expired_page_offers_a_form_that_sends_a_new_email(
     assert unknown.text == sent.text.replace(body["email"], "nobody.at.all@example.com")
     assert typo.status_code == 400 and 'aria-invalid="true"' in typo.text
     assert 'value="nope"' in typo.text
+
+
+async def test_too_many_attempts_get_a_page_with_retry_after(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    limited = settings.model_copy(
+        update={"rate_limit_verify_email": "1/minute", "rate_limit_resend_ip": "1/minute"}
+    )
+    link = f"/v1/verify_email?email_id=1&secret_code={'x' * 43}"
+    resend = {"email": "alice@example.com"}
+    async with api_client(limited) as client:
+        await client.get(link, headers=HTML)
+        page = await client.get(link, headers=HTML)
+        await client.post("/v1/resend_verify_email", data=resend, headers=HTML)
+        again = await client.post("/v1/resend_verify_email", data=resend, headers=HTML)
+    for answer in (page, again):
+        assert answer.status_code == 429
+        assert answer.headers["content-type"].startswith("text/html")
+        assert int(answer.headers["retry-after"]) > 0
+        assert "Too many attempts" in answer.text
+
+
+async def test_a_form_body_with_too_many_fields_is_400_not_a_crash(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    fields = {f"field{n}": "x" for n in range(50)}
+    async with api_client(settings) as client:
+        answer = await client.post("/v1/verify_email", data=fields)
+        not_json = await client.post(
+            "/v1/verify_email",
+            content=b"{not json",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert answer.status_code == 400
+    assert answer.json()["details"][0]["field_violations"] == [
+        {"field": "body", "description": "has too many fields"}
+    ]
+    assert not_json.status_code == 400 and "must be valid JSON" in not_json.text

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from importlib.resources import files
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import JobStatus
 from arq.worker import func
 
 from tests.support.polling import eventually
 from tests.support.services import running_worker
-from verimail_shared.jobs import Queue, queue_key, queue_of_key
+from verimail_shared.jobs import Queue, deserialize_job, queue_key, queue_of_key, serialize_job
 from verimail_shared.settings import Settings
-from verimail_worker.weighted import current_queue_key
+from verimail_worker.weighted import WeightedWorker, current_queue_key
 
 
 class Recorder:
@@ -78,3 +86,132 @@ async def test_a_retried_job_goes_back_to_its_own_queue(
         await eventually(lambda: len(tries) >= 2)
     assert tries == [("default", 1), ("default", 2)]
     assert await redis.zcard(queue_key(Queue.DEFAULT)) == 0
+
+
+async def test_an_arq_client_reads_the_result_of_a_job_the_weighted_worker_ran(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    async def double(ctx: dict[str, Any], n: int) -> int:
+        return 2 * n
+
+    arq_client = ArqRedis.from_url(settings.redis_url)  # arq's own pickle encoding
+    try:
+        job = await arq_client.enqueue_job("double", 21, _queue_name=queue_key(Queue.DEFAULT))
+        assert job is not None
+        worker = WeightedWorker(
+            functions=[func(double, name="double")],
+            queues={queue_key(Queue.CRITICAL): 10, queue_key(Queue.DEFAULT): 5},
+            redis_pool=arq_client,
+            burst=True,
+            handle_signals=False,
+        )
+        await worker.main()
+        assert await job.result(timeout=5) == 42
+        assert await job.status() == JobStatus.complete
+        # The lease, the try counter, the job and its queue entry are gone, as arq leaves them.
+        assert (
+            await redis.exists(
+                in_progress_key_prefix + job.job_id,
+                retry_key_prefix + job.job_id,
+                job_key_prefix + job.job_id,
+            )
+            == 0
+        )
+        assert await redis.zcard(queue_key(Queue.DEFAULT)) == 0
+    finally:
+        await arq_client.aclose()
+
+
+async def test_a_burst_runs_every_queue_not_only_the_first(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    ran: list[str] = []
+
+    async def record(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        ran.append(queue_of_key(current_queue_key()))
+
+    await fill(redis, Queue.DEFAULT, 5)  # the first queue, critical, is empty
+    worker = WeightedWorker(
+        functions=[func(record, name="record")],
+        queues={queue_key(Queue.CRITICAL): 10, queue_key(Queue.DEFAULT): 5},
+        redis_pool=redis,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        burst=True,
+        handle_signals=False,
+    )
+    await asyncio.wait_for(worker.main(), 30)
+    assert ran == ["default"] * 5
+    assert await redis.zcard(queue_key(Queue.DEFAULT)) == 0
+
+
+async def test_a_burst_starts_no_more_than_max_burst_jobs(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    ran: list[str] = []
+
+    async def record(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        ran.append(ctx["job_id"])
+
+    await fill(redis, Queue.CRITICAL, 5)
+    worker = WeightedWorker(
+        functions=[func(record, name="record")],
+        queues={queue_key(Queue.CRITICAL): 10, queue_key(Queue.DEFAULT): 5},
+        redis_pool=redis,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        burst=True,
+        max_burst_jobs=2,
+        handle_signals=False,
+    )
+    await asyncio.wait_for(worker.main(), 30)
+    assert len(ran) == 2
+    assert await redis.zcard(queue_key(Queue.CRITICAL)) == 3
+
+
+async def test_outcomes_still_unwritten_at_a_graceful_stop_are_written(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    async def noop(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
+        return "done"
+
+    await fill(redis, Queue.CRITICAL, 20)
+    worker = WeightedWorker(
+        functions=[func(noop, name="record")],
+        queues={queue_key(Queue.CRITICAL): 10},
+        redis_pool=redis,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        handle_signals=False,
+        poll_delay=0.05,
+        max_jobs=20,  # one claim takes them all: no later claim carries outcomes along
+    )
+    worker.finishes.interval = 3600  # nothing is written until the stop
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: worker.jobs_complete == 20, timeout=30)
+        assert await redis.zcard(queue_key(Queue.CRITICAL)) == 20  # finished, not yet recorded
+    finally:
+        await worker.close()
+        main.cancel()
+    assert await redis.zcard(queue_key(Queue.CRITICAL)) == 0
+    assert len(await redis.keys(result_key_prefix + "*")) == 20
+    assert await redis.keys(in_progress_key_prefix + "*") == []
+
+
+async def test_every_lua_script_shipped_with_the_packages_compiles_in_redis(
+    redis: ArqRedis,
+) -> None:
+    scripts = [
+        *(files("verimail_worker") / "lua").iterdir(),
+        *(files("verimail_shared") / "lua").iterdir(),
+    ]
+    assert {script.name for script in scripts} >= {
+        "read_queues.lua",
+        "claim_jobs.lua",
+        "finish_jobs.lua",
+        "count_queues.lua",
+    }
+    for script in scripts:
+        sha = await redis.script_load(script.read_text())
+        assert (await redis.script_exists(sha)) == [True], script.name

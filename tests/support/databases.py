@@ -14,17 +14,17 @@ def with_database(url: str, name: str) -> str:
 
 
 async def create_database(admin_url: str, name: str) -> str:
-    connection = await asyncpg.connect(plain_url(admin_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
+    await _run_as_admin(admin_url, f'CREATE DATABASE "{name}"')
     return with_database(admin_url, name)
 
 
 async def drop_database(admin_url: str, name: str) -> None:
+    await _run_as_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _run_as_admin(admin_url: str, statement: str) -> None:
     connection = await asyncpg.connect(plain_url(admin_url))
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(statement)
     finally:
         await connection.close()

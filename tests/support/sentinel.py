@@ -29,9 +29,10 @@ def redis_command(port: int, *args: str, timeout: float = 2) -> str:
 class SentinelCluster:
     """Master, replica and sentinels, each a subprocess with its files under `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.directory = directory
         self.server = str(valkey_server_path())
+        self.down_after_ms = down_after_ms
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.servers: dict[int, Process] = {}
@@ -45,7 +46,7 @@ class SentinelCluster:
     def start(self) -> None:
         self._start_server(self.master_port)
         self._start_server(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
-        self._wait_for_replication()
+        self.wait_for_replication(self.replica_port)
         for port in self.sentinel_ports:
             self._start_sentinel(port)
 
@@ -84,9 +85,13 @@ class SentinelCluster:
             return False
         return True
 
+    def restart_server(self, port: int, *extra: str) -> None:
+        """Start a killed server again on its port, with its old files (`extra`: more options)."""
+        self._start_server(port, *extra)
+
     def _start_server(self, port: int, *extra: str) -> None:
         directory = self.directory / f"redis-{port}"
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         argv = [
             self.server,
             "--port", str(port),
@@ -94,14 +99,16 @@ class SentinelCluster:
             "--dir", str(directory),  # argv, so a path with spaces is fine
             "--save", "",
             "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0",
             *extra,
         ]  # fmt: skip
         self.servers[port] = Process(argv, directory / "redis.log")
         wait_for_port(port, 10)
 
-    def _wait_for_replication(self) -> None:
-        deadline = time.monotonic() + 15
-        while "master_link_status:up" not in self._info(self.replica_port):
+    def wait_for_replication(self, replica_port: int, timeout: float = 15) -> None:
+        """Until the replica on `replica_port` has synced with its master."""
+        deadline = time.monotonic() + timeout
+        while "master_link_status:up" not in self._info(replica_port):
             if time.monotonic() > deadline:
                 raise TimeoutError("the replica did not sync with the master")
             time.sleep(0.05)
@@ -120,7 +127,7 @@ class SentinelCluster:
             "bind 127.0.0.1\n"
             f'dir "{directory}"\n'
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} {QUORUM}\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )

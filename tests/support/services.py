@@ -66,3 +66,9 @@ async def fetch_one(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 async def fetch_value(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as connection:
         return (await connection.execute(text(sql), params)).scalar()
+
+
+async def execute(engine: AsyncEngine, sql: str, **params: Any) -> None:
+    """Run one statement in a transaction of its own (a test's way to age or break rows)."""
+    async with engine.begin() as connection:
+        await connection.execute(text(sql), params)

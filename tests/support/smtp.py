@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -26,6 +27,11 @@ class Inbox:
     rcpt_delay: float = 0.0  # a slow server: before any message is taken, never after
     hold: bool = False  # park every new RCPT until released
     parked: int = 0
+    # After a message is kept: wait this long before answering, or run this first, or (for
+    # the next `hang_ups` messages) close the connection with no answer at all.
+    data_delay: float = 0.0
+    before_data_reply: Callable[[], Awaitable[None]] | None = None
+    hang_ups: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -52,6 +58,14 @@ class Inbox:
         message = cast(EmailMessage, message_from_bytes(content, policy=default_policy))
         with self.lock:
             self.messages.append(message)
+            hang_up = self.hang_ups > 0
+            self.hang_ups -= hang_up
+        if hang_up and server.transport is not None:
+            server.transport.abort()  # the client cannot tell whether the message was taken
+        if self.before_data_reply is not None:
+            await self.before_data_reply()
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 Message accepted for delivery"
 
 

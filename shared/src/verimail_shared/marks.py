@@ -63,8 +63,12 @@ class Marks(ABC, Generic[K]):
         self._closing = asyncio.Event()
 
     @abstractmethod
+    async def mark(self, session: AsyncSession, keys: list[K]) -> None:
+        """Mark the rows of `keys` (one UPDATE)."""
+
     async def write(self, keys: list[K]) -> None:
-        """Mark the rows of `keys` in one transaction."""
+        async with transaction(self._sessions) as session:
+            await self.mark(session, keys)
 
     def add(self, key: K) -> None:
         """Mark `key` within `interval` seconds (or at `close`)."""
@@ -126,9 +130,8 @@ class DispatchedMarks(Marks[int]):
     name = "dispatched"
     default_interval = DISPATCHED_INTERVAL_SECONDS
 
-    async def write(self, keys: list[int]) -> None:
-        async with transaction(self._sessions) as session:
-            await outbox.mark_dispatched(session, keys)
+    async def mark(self, session: AsyncSession, keys: list[int]) -> None:
+        await outbox.mark_dispatched(session, keys)
 
 
 class Completions(Marks[str]):
@@ -137,5 +140,5 @@ class Completions(Marks[str]):
     name = "completed"
     default_interval = COMPLETED_INTERVAL_SECONDS
 
-    async def write(self, keys: list[str]) -> None:
-        await outbox.mark_completed(self._sessions, *keys)
+    async def mark(self, session: AsyncSession, keys: list[str]) -> None:
+        await outbox.mark_completed(session, keys)

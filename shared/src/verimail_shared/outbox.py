@@ -21,8 +21,8 @@ from sqlmodel import col
 
 from verimail_shared import queue
 from verimail_shared.db import transaction
-from verimail_shared.jobs import TaskName, TaskPayload
-from verimail_shared.tables import OutboxTask, loaded
+from verimail_shared.jobs import TaskName, TaskPayload, deserialize_job
+from verimail_shared.tables import DeadTask, OutboxTask, loaded
 
 log = structlog.get_logger(__name__)
 RELAY_BATCH = 100
@@ -48,6 +48,7 @@ async def enqueue(redis: ArqRedis, row: OutboxTask) -> bool:
 
 
 async def mark_dispatched(session: AsyncSession, ids: list[int]) -> None:
+    """The rows' jobs are in Redis: the relay need not enqueue them (the reconciler checks)."""
     await session.execute(
         update(OutboxTask)
         .where(col(OutboxTask.id).in_(ids))
@@ -85,16 +86,16 @@ async def relay(
     return len(rows)
 
 
-async def mark_completed(sessions: async_sessionmaker[AsyncSession], *job_ids: str) -> None:
+async def mark_completed(session: AsyncSession, job_ids: list[str]) -> None:
     """The jobs are done (processed, or dead letters): Redis no longer needs to hold them."""
-    async with transaction(sessions) as session:
-        await session.execute(
-            update(OutboxTask)
-            .where(col(OutboxTask.job_id).in_(job_ids), col(OutboxTask.completed_at).is_(None))
-            .values(completed_at=datetime.now(UTC))
-        )
+    await session.execute(
+        update(OutboxTask)
+        .where(col(OutboxTask.job_id).in_(job_ids), col(OutboxTask.completed_at).is_(None))
+        .values(completed_at=datetime.now(UTC))
+    )
 
 
+# Called like `relay`, by the same loop in every worker: the signatures match on purpose.
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession],
     redis: ArqRedis,
@@ -107,7 +108,8 @@ async def reconcile(
     Redis acknowledges a write before it is on disk (appendfsync everysec) or on a replica, so
     a crash or a failover can lose a job after it was dispatched. Every unfinished job has an
     `arq:job:` key while it is queued, deferred, retrying or running; a row whose key is gone
-    was lost, and goes back on its queue under the same job id.
+    was lost, and goes back on its queue under the same job id, unless arq's result says it
+    succeeded or a dead letter says it failed for good.
     """
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
     async with transaction(sessions) as session:
@@ -128,24 +130,45 @@ async def reconcile(
         async with redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 pipe.exists(job_key_prefix + row.job_id)
-                pipe.exists(result_key_prefix + row.job_id)
+                pipe.get(result_key_prefix + row.job_id)
             found = iter(await pipe.execute())
-        # A job with a result has finished; only its completion mark was lost (decision 015).
         state = [(row, next(found), next(found)) for row in rows]
-        finished = [row.job_id for row, queued, result in state if not queued and result]
-        lost = [row for row, queued, result in state if not queued and not result]
+        gone = [(row, result) for row, queued, result in state if not queued]
+        buried = await _dead_letters(session, [row.job_id for row, result in gone if result])
+        # A job that succeeded or became a dead letter has finished; only its completion mark
+        # was lost (decision 015). Any other result is arq's, not the task's: a job whose key a
+        # failover lost ("job expired"), or one cut off at arq's timeout. It runs again.
+        finished = [
+            row.job_id for row, result in gone if _succeeded(result) or row.job_id in buried
+        ]
+        lost = [row for row, result in gone if row.job_id not in finished]
         if finished:
-            await session.execute(
-                update(OutboxTask)
-                .where(col(OutboxTask.job_id).in_(finished))
-                .values(completed_at=datetime.now(UTC))
-            )
+            await mark_completed(session, finished)
         for row in lost:
+            await redis.delete(result_key_prefix + row.job_id)  # arq enqueues no id with one
             await enqueue(redis, row)
             log.warning("outbox_job_lost_requeued", job_id=row.job_id, task=row.task)
         # Checked rows wait another period before the next check.
         await mark_dispatched(session, [loaded(row.id) for row in rows])
     return len(lost)
+
+
+def _succeeded(result: bytes | None) -> bool:
+    """Whether an arq result records a successful run."""
+    if result is None:
+        return False
+    try:
+        return deserialize_job(result).get("s") is True
+    except (ValueError, AttributeError):
+        return False
+
+
+async def _dead_letters(session: AsyncSession, job_ids: list[str]) -> set[str]:
+    if not job_ids:
+        return set()
+    job_id = col(DeadTask.job_id)
+    found = await session.scalars(select(job_id).where(job_id.in_(job_ids)))
+    return set(found)
 
 
 async def purge(sessions: async_sessionmaker[AsyncSession], older_than: timedelta) -> int:

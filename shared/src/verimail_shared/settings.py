@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=16384, ge=1024)
     admin_token: SecretStr | None = None
+    admin_port: int | None = None  # serve the console and /v1/admin/* on their own port
+    admin_host: str = "127.0.0.1"
+    admin_session_idle_minutes: int = Field(default=30, ge=1)
+    rate_limit_admin_login: str = "5/minute"
     api_metrics_port: int | None = None  # serve /metrics on its own port instead of API_PORT
     api_metrics_host: str = "127.0.0.1"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -86,6 +90,7 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
     signup_enqueue: SignupEnqueue = SignupEnqueue.OUTBOX
 
+    # Fields alike in shape are declarations, one per environment variable: nothing to share.
     # The outbox relay (runs in every worker)
     outbox_relay_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_relay_after_seconds: float = Field(default=5.0, ge=0)

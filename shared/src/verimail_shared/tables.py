@@ -100,6 +100,8 @@ class OutboxTask(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_column=_optional_timestamp())
 
 
+# Columns alike in shape across tables are declarations, one per column, as the migrations make
+# them; a shared mixin would hide a table's columns from the one place that lists them.
 class DeadTask(SQLModel, table=True):
     """A task that failed for good, kept to be looked at and re-queued."""
 

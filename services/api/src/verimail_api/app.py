@@ -12,8 +12,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 
-from verimail_api import admin
+from verimail_api import admin, console
 from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http_exception
 from verimail_api.headers import SecurityHeadersMiddleware
 from verimail_api.limits import RequestLimitsMiddleware
@@ -47,8 +48,21 @@ def middleware(settings: Settings) -> list[Middleware]:
     return [*stack, Middleware(UnexpectedErrorMiddleware)]  # innermost
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def operator_routes(settings: Settings) -> list[BaseRoute]:
+    """/v1/admin/* (404 without ADMIN_TOKEN) and, with ADMIN_TOKEN, the console at /admin/."""
+    return [*admin.ROUTES, *(console.routes() if settings.admin_token else [])]
+
+
+def create_app(settings: Settings | None = None, *, admin_only: bool = False) -> Starlette:
+    """The API; with ADMIN_PORT set, the operator routes are served by a second app of their
+    own (`admin_only`), and the API's app leaves them out."""
     settings = settings or get_settings()
+    if admin_only:
+        app_routes: list[BaseRoute] = operator_routes(settings)
+    elif settings.admin_port is not None:
+        app_routes = [*routes(settings)]
+    else:
+        app_routes = [*routes(settings), *operator_routes(settings)]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -65,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.close()
 
     return Starlette(
-        routes=[*routes(settings), *admin.ROUTES],
+        routes=app_routes,
         middleware=middleware(settings),
         exception_handlers={
             HTTPException: handle_http_exception,

@@ -21,6 +21,7 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
 class RequestContextMiddleware:
     """Binds `request_id` to every log line of a request and echoes it in `X-Request-ID`."""
 
+    # The pure-ASGI prologue, repeated in each middleware on purpose (see headers.py).
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -63,6 +64,7 @@ class UnexpectedErrorMiddleware:
     middleware, so that it carries the request id and the security headers like every answer.
     (Starlette's own handler for `Exception` sits outside all middleware.)"""
 
+    # The pure-ASGI prologue, repeated in each middleware on purpose (see headers.py).
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 

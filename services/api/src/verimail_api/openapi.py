@@ -34,6 +34,7 @@ from verimail_api.schemas import (
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
+PAGE = {"text/html": "string"}  # what a browser gets instead of JSON (decision 060)
 REF = "#/components/schemas/{model}"
 
 ERRORS = {
@@ -68,9 +69,9 @@ class Operation:
     path_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     other_content: dict[str, str] = field(default_factory=dict)  # e.g. the HTML page's type
     other_answers: dict[int, tuple[type[BaseModel], str]] = field(default_factory=dict)
+    form: bool = False  # the body may also be an HTML form's fields (decision 060)
     description: str | None = None
     admin: bool = False
-    form: bool = False  # the body may come as an HTML form's fields too
 
 
 OPERATIONS = [
@@ -88,10 +89,10 @@ OPERATIONS = [
         "get",
         "verify_email",
         VerifyEmailResponse,
-        "verified (for a browser: the page whose button uses the code)",
+        "verified (for a browser: a page whose button POSTs the code)",
         (400, 404, 429, 503),
         query=VerifyEmailRequest,
-        other_content={"text/html": "string"},
+        other_content=PAGE,
         description="Uses the code. A browser (Accept: text/html first) gets instead a page "
         "whose button POSTs the code, and HEAD never uses it, so that a mail scanner fetching "
         "the link verifies nothing.",
@@ -104,23 +105,23 @@ OPERATIONS = [
         "verified (an HTML page for browsers that ask for it)",
         (400, 404, 413, 415, 429, 503),
         body=VerifyEmailRequest,
-        other_content={"text/html": "string"},
+        other_content=PAGE,
+        form=True,
         description="Uses the code: what the verification page's button sends (a form), or an "
         "API client (JSON).",
-        form=True,
     ),
     Operation(
         "/v1/resend_verify_email",
         "post",
         "resend_verify_email",
         ResendVerifyEmailResponse,
-        "accepted",
+        "accepted (an HTML page for browsers that ask for it)",
         (400, 413, 415, 429, 503),
         body=ResendVerifyEmailRequest,
-        other_content={"text/html": "string"},
-        description="The same answer whether or not the address has an account. The expired "
-        "link page's form posts here too, and a browser gets a page as the answer.",
+        other_content=PAGE,
         form=True,
+        description="The same answer whether or not the address has an account. The "
+        "expired-link page's form posts here too.",
     ),
     Operation("/healthz", "get", "healthz", Health, "the process runs"),
     Operation(

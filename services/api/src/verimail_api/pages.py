@@ -70,7 +70,7 @@ OUTCOMES: dict[type[VerimailError], Outcome] = {
     ),
     ResourceExhausted: Outcome(
         "Too many attempts",
-        "Too many attempts came from your network. Wait {wait} and try again.",
+        "There have been too many attempts. Wait {wait} and try again.",
     ),
     NotFound: Outcome(
         "Link not valid",

@@ -94,8 +94,9 @@ class Signup:
         """The engine without BEGIN and COMMIT: for statements that are a transaction alone."""
         return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def create_user(self, request: CreateUserRequest, request_id: str | None) -> User:
-        """Store the user and, in the same transaction, the task that sends its email."""
+    async def create_user(self, request: CreateUserRequest, request_id: str | None) -> Row[Any]:
+        """Store the user and, in the same transaction, the task that sends its email; return
+        the user's row as stored (every column of `users`)."""
         hashed = await self.passwords.hash(request.password)
         values = {
             "username": request.username,
@@ -118,7 +119,7 @@ class Signup:
         log.info("user_created", username=request.username, job_id=job.job_id)
         if self.mode is SignupEnqueue.OUTBOX:
             await self._dispatch(job)
-        return User(**{column.name: getattr(row, column.name) for column in USERS})
+        return row
 
     async def _insert_with_task(self, values: dict[str, Any], job: OutboxTask) -> Row[Any]:
         """The user and its outbox row, in one statement: one round trip to PostgreSQL."""

@@ -31,7 +31,7 @@ def work() -> None:
     configure_logging(settings)
     check_database(settings.database_url)
     prometheus_client.start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
-    create_worker(settings).run()
+    create_worker(settings).run()  # on uvloop
 
 
 def main() -> None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import (  # pinned internals
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
 from aiosmtplib.typing import Default, SMTPStatus
 
 Confirm = Callable[[], Awaitable[object]]
+# How long an answer may take to surface once a timeout fired: already there if the process
+# was only asleep.
+LATE_ANSWER_GRACE_SECONDS = 0.1
+
+
+class UnansweredData(aiosmtplib.SMTPServerDisconnected):
+    """The final dot went out and no answer came back: the server may or may not have the
+    message. Sent again, identical, it is a recognisable copy (decision 090)."""
 
 
 class ConfirmingSMTP(aiosmtplib.SMTP):
@@ -41,11 +54,35 @@ class ConfirmingSMTP(aiosmtplib.SMTP):
         self.protocol.write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)))
         await self.confirm()
         self.protocol.write(b".\r\n")
-        try:
-            response = await self.protocol.read_response(timeout=timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            self.close()
-            raise
+        seconds = timeout if isinstance(timeout, float | int) else None
+        response = await _answer_to_dot(self, self.protocol, seconds)
         if response.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
+
+
+async def _answer_to_dot(
+    smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, seconds: float | None
+) -> aiosmtplib.SMTPResponse:
+    """The server's answer to the final dot, or `UnansweredData`.
+
+    An answer already waiting when the timeout fires is still read: a process paused past its
+    timeouts (SIGSTOP, a stalled VM) wakes up to both at once.
+    """
+    answer = asyncio.ensure_future(protocol.read_response(timeout=None))
+    try:
+        done, _ = await asyncio.wait({answer}, timeout=seconds)
+        if not done:
+            done, _ = await asyncio.wait({answer}, timeout=LATE_ANSWER_GRACE_SECONDS)
+    except BaseException:
+        answer.cancel()
+        raise
+    if not done:
+        answer.cancel()
+        smtp.close()
+        raise UnansweredData("no answer to the final dot within the timeout")
+    try:
+        return answer.result()
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        smtp.close()
+        raise UnansweredData(f"closed before the answer to the final dot: {exc}") from exc

@@ -5,13 +5,14 @@ from __future__ import annotations
 import email.policy
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from verimail_shared.messages import verify_message_id
 from verimail_shared.settings import Settings
 
 SUBJECT = "Verify your email address"
@@ -71,14 +72,9 @@ def render(letter: VerifyEmailLetter, settings: Settings) -> EmailMessage:
     message["Subject"] = SUBJECT
     message["Date"] = formatdate(localtime=False)
     # One Message-ID per job: a re-sent copy of the same job is recognisably the same email.
-    message["Message-ID"] = f"<verify-{letter.job_id}@{_sender_domain(settings)}>"
+    message["Message-ID"] = verify_message_id(letter.job_id, settings.email_sender)
     message.set_content(_templates.get_template("verify_email.txt").render(fields))
     message.add_alternative(
         _templates.get_template("verify_email.html").render(fields), subtype="html"
     )
     return message
-
-
-def _sender_domain(settings: Settings) -> str:
-    address = parseaddr(settings.email_sender)[1]
-    return Address(addr_spec=address).domain if "@" in address else "verimail.invalid"

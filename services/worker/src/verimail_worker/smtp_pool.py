@@ -11,10 +11,12 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from verimail_shared.settings import Settings, SmtpTls
-from verimail_worker.confirming_smtp import Confirm, ConfirmingSMTP
+from verimail_worker.confirming_smtp import Confirm, ConfirmingSMTP, UnansweredData
 
 # Many servers limit the messages per connection (often to 100) and answer 421 past it.
 MAX_MESSAGES_PER_CONNECTION = 100
+# A message whose final dot got no answer is sent again, the same bytes, this many times.
+UNANSWERED_DATA_RESENDS = 2
 IDLE_CHECK_SECONDS = 30.0
 
 
@@ -46,17 +48,26 @@ class SmtpPool:
 
         A reused connection that turns out dropped is replaced once: what the server got of
         the message is as unknown as on any failed send, and the retry of the job that a
-        failure would cause sends it again just the same.
+        failure would cause sends it again just the same. A final dot without an answer is
+        followed by the same message on a new connection, up to UNANSWERED_DATA_RESENDS times.
         """
         async with self._slots:
             connection = await self._checkout()
-            try:
-                await self._send_on(connection, message, confirm)
-            except aiosmtplib.SMTPServerDisconnected:
-                if not connection.messages:
-                    raise
+            resends = UNANSWERED_DATA_RESENDS
+            while True:
+                try:
+                    await self._send_on(connection, message, confirm)
+                    break
+                except UnansweredData:
+                    # Rather a copy than a loss (decision 090): the same message again, with
+                    # its Message-ID and link, so that the copies are one email to the reader.
+                    if not resends:
+                        raise
+                    resends -= 1
+                except aiosmtplib.SMTPServerDisconnected:
+                    if not connection.messages:
+                        raise
                 connection = _Connection(await self._connect())
-                await self._send_on(connection, message, confirm)
             self._checkin(connection)
 
     async def _send_on(

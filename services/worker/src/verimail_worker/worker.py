@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+import uvloop
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
@@ -25,6 +26,7 @@ from verimail_shared.marks import Completions
 from verimail_shared.queue import connect, queue_counts, redis_settings
 from verimail_shared.settings import Settings
 from verimail_worker import deadletters, metrics
+from verimail_worker.heartbeat import Heartbeat
 from verimail_worker.relay import run_relay
 from verimail_worker.runner import task_function
 from verimail_worker.tasks import Deps, send_verify_email
@@ -44,6 +46,7 @@ class VerimailWorker(WeightedWorker):
     """The weighted worker plus the queue gauges, refreshed with the heartbeat."""
 
     _gauges_at = 0.0
+    _heartbeat: Heartbeat | None = None
 
     async def _poll_iteration(self) -> None:
         # arq lets a lost Redis connection end the worker; ride the outage out instead. Jobs
@@ -56,10 +59,18 @@ class VerimailWorker(WeightedWorker):
 
     async def heart_beat(self) -> None:
         await super().heart_beat()
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.weights, self.max_jobs, self.health_check_interval)
+        await self._heartbeat.maybe_beat(self.pool, self.job_counter)
         if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_SECONDS:
             self._gauges_at = time.monotonic()
             await record_queue_depth(self.pool, self.weights)
             await record_dead_tasks(self.ctx["deps"])
+
+    async def close(self) -> None:
+        if self._heartbeat is not None and self._pool is not None:
+            await self._heartbeat.leave(self._pool)
+        await super().close()
 
 
 async def record_queue_depth(redis: ArqRedis, keys: Iterable[str]) -> None:
@@ -130,7 +141,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> VerimailWorker:
-    """The worker for `settings`; tests pass overrides such as `handle_signals=False`."""
+    """The worker for `settings`; tests pass overrides such as `handle_signals=False`.
+
+    arq's Worker runs on the event loop that is current when it is built: outside a running
+    loop (the `verimail-worker` command, the benchmarks) that is made a uvloop loop here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(uvloop.new_event_loop())
     return VerimailWorker(**{**worker_settings(settings), **overrides})
 
 

@@ -38,6 +38,8 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("email", name="users_email_key"),
     )
+    # Each table written out in full, alike in shape: a migration is frozen history and must not
+    # depend on helpers that later code may change.
     op.create_table(
         "verify_emails",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),

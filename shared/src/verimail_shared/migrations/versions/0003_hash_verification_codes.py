@@ -5,6 +5,7 @@ Revises: 0002
 Create Date: 2026-11-22
 """
 
+# The header every revision repeats is Alembic's (script.py.mako): how it finds and orders them.
 from collections.abc import Sequence
 
 from alembic import op
