@@ -9,7 +9,7 @@ PYTHON ?= python3
 PACKAGES := shared/src services/api/src services/worker/src
 PYTEST_ARGS ?=
 
-.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory chaos up down logs clean bench-loop-cpu bench-profile test-arq
+.PHONY: help install tools run test lint fmt typecheck deps pytest migrate api worker bench bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory bench-console chaos up down logs clean bench-loop-cpu bench-profile test-arq
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,7 +84,7 @@ worker: install ## Run one worker alone (uses DATABASE_URL, REDIS_URL, SMTP_*)
 
 BENCH := $(UV) run --frozen --group bench python bench
 
-bench: bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory ## Every benchmark (about 40 min; see docs/performance.md)
+bench: bench-queue bench-peers bench-lateness bench-signup bench-e2e bench-memory bench-console ## Every benchmark (about 40 min; see docs/performance.md)
 
 bench-queue: install ## No-op tasks/s, one worker process: ours against bare arq (defaults and tuned)
 	$(BENCH)/throughput.py --count $(or $(COUNT),20000) --runs $(or $(RUNS),3) $(BENCH_ARGS)
@@ -107,11 +107,14 @@ bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loo
 bench-memory: install ## Bytes per queued job (100,000 deferred) and worker RSS against bare arq
 	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
+bench-console: install ## Console page medians with 100,000 queued jobs and 10,000 dead letters, against 1% of that
+	$(BENCH)/console.py --jobs $(or $(COUNT),100000) --dead $(or $(DEAD),10000) --requests $(or $(REQUESTS),30) $(BENCH_ARGS)
+
 bench-profile: install ## py-spy: where each peers side's worker and the API's signup spend CPU, per task
 	$(BENCH)/peers.py --count $(or $(COUNT),20000) --runs 1 --profile $(BENCH_ARGS)
 	$(BENCH)/signup.py --duration 20 --runs 1 --profile $(BENCH_ARGS)
 
-chaos: install tools ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
+chaos: install ## Ten-minute chaos soak: 2 APIs, 3 workers, Sentinel; every fault (MODE=outbox|in_transaction)
 	$(UV) run --frozen python bench/chaos.py --mode $(or $(MODE),outbox) --duration $(or $(DURATION),600) \
 		--rate $(or $(RATE),10) --api-replicas 2 --workers 3 --sentinel
 

@@ -7,11 +7,11 @@ processes, Redis, PostgreSQL and SMTP fail at random (seeded); then count what a
 
 Everything runs on throwaway servers and real subprocesses: `--api-replicas` `verimail-api`
 processes (signups go round-robin over them), `--workers` `verimail-worker` processes, and
-either one Redis or, with `--sentinel`, a Redis master with one replica and three Sentinels
-(the embedded Valkey server; the Sentinels are the same binary in sentinel mode), every
-service finding the master through REDIS_SENTINELS. The faults, one every few seconds in a
-seeded random order that deals every kind before any kind comes again, are listed in FAULTS
-below and in docs/reliability.md.
+either one Redis or, with `--sentinel`, a master with one replica and three Sentinels (the
+embedded Valkey server, the Sentinels in its sentinel mode), every service finding the master
+through REDIS_SENTINELS. The faults, one every few seconds in a seeded random order that deals
+every kind before any kind comes again, are the methods `Soak.fault_kinds` lists; see
+docs/reliability.md.
 
 At the end it waits until the work is done (both queues empty, no job in progress, no
 unfinished outbox row, and still so after arq's in-progress timeout, so that a late duplicate
@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,12 +240,16 @@ class RedisTopology:
         lag = rng.uniform(1, 3)
         if self.single is None:
             return await self._failover(lag)
-        # Copies the append-only file, lets writes go on, crashes Redis and restarts from the copy.
-        aof = self.single.data_dir / "appendonly.aof"
-        snapshot = await asyncio.to_thread(aof.read_bytes)
+        # Copies the append-only files, lets writes go on, crashes the server and restarts it
+        # from the copy.
+        aof = self.single.data_dir / "appendonlydir"  # Redis 7 / Valkey: a manifest and parts
+        snapshot = self.single.data_dir.parent / "appendonlydir.snapshot"
+        await asyncio.to_thread(shutil.rmtree, snapshot, True)
+        await asyncio.to_thread(shutil.copytree, aof, snapshot)
         await asyncio.sleep(lag)
         await asyncio.to_thread(self.single.kill)
-        await asyncio.to_thread(aof.write_bytes, snapshot)
+        await asyncio.to_thread(shutil.rmtree, aof)
+        await asyncio.to_thread(shutil.copytree, snapshot, aof)
         await asyncio.to_thread(self.single.start)
         return f"redis restarted from its append-only file of {lag:.1f} s before"
 
@@ -308,6 +313,7 @@ class Soak:
         self.timeline: list[tuple[float, str, str]] = []
         self.background: set[asyncio.Task[None]] = set()
         self.started = time.monotonic()
+        self.signup_seconds = 0.0
 
     # -- the system -------------------------------------------------------------------------
 
@@ -400,7 +406,7 @@ class Soak:
 
     # -- signups ----------------------------------------------------------------------------
 
-    async def sign_up(self, deadline: float) -> None:
+    async def sign_up(self, done: asyncio.Event) -> None:
         """`--rate` signups a second, round-robin over the API replicas; a replica with
         `--max-in-flight` signups unanswered gets none until it catches up (a client backs off)."""
         clients = [
@@ -411,7 +417,7 @@ class Soak:
         interval = 1 / self.args.rate
         try:
             for client in itertools.cycle(clients):
-                if time.monotonic() >= deadline:
+                if done.is_set():
                     break
                 pending = in_flight[client]
                 if len(pending) >= self.args.max_in_flight:
@@ -470,18 +476,32 @@ class Soak:
             self.pause_api,
         ]
 
-    async def chaos(self, deadline: float) -> None:
-        """One fault every `--fault-interval` seconds; every kind once per shuffled round."""
+    async def chaos(self, deadline: float, done: asyncio.Event) -> None:
+        """One fault every `--fault-interval` seconds; every kind once per shuffled round.
+        With `--every-kind`, on past `deadline` (up to three times the duration) until each
+        kind has struck; `done` tells the signups to stop."""
+        try:
+            await self._faults(deadline)
+        finally:
+            done.set()
+
+    async def _faults(self, deadline: float) -> None:
         low, high = self.args.fault_interval
+        kinds = {fault.__name__ for fault in self.fault_kinds()}
+        last_call = deadline + 2 * self.args.duration
         deck: list[Callable[[], Awaitable[str | None]]] = []
         while True:
             await asyncio.sleep(self.random.uniform(low, high))
-            if time.monotonic() > deadline - 5:
+            now = time.monotonic()
+            every = not self.args.every_kind or set(self.faults) >= kinds
+            if now > deadline - 5 and (every or now > last_call):
                 return
             if not deck:
                 deck = self.fault_kinds()
                 self.random.shuffle(deck)
             fault = deck.pop()
+            if self.args.one_at_a_time:  # a paused worker's pause ends first
+                await asyncio.gather(*self.background)
             detail = await fault()
             if detail is not None:
                 self.faults[fault.__name__] += 1
@@ -743,8 +763,10 @@ class Soak:
         attempts = self.attempts() if (missing or doubled or phantom) else Counter()
 
         def explain(email: str) -> dict[str, Any]:
-            job = jobs.get(users.get(email, ""), "")
             mails = by_to.get(email, [])
+            ids = [MESSAGE_ID.search(mail.message_id) for mail in mails]
+            named = [found.group("job") for found in ids if found]
+            job = named[0] if named else jobs.get(users.get(email, ""), "")
             start = self.requested.get(email, mails[0].at if mails else self.started)
             end = mails[-1].at if mails else time.monotonic()
             return {
@@ -777,6 +799,8 @@ class Soak:
             "api_replicas": self.args.api_replicas,
             "workers": self.args.workers,
             "sentinel": self.args.sentinel,
+            "one_fault_at_a_time": self.args.one_at_a_time,
+            "signup_seconds": round(self.signup_seconds, 1),
             "http_timeout_seconds": self.args.timeout,
             "max_in_flight_per_replica": self.args.max_in_flight,
             "faults": dict(sorted(self.faults.items())),
@@ -861,7 +885,9 @@ async def soak(args: argparse.Namespace, keep: Path | None) -> dict[str, Any]:
         supervisor = asyncio.create_task(run.supervise(done))
         try:
             deadline = started + args.duration
-            await asyncio.gather(run.sign_up(deadline), run.chaos(deadline))
+            chaos_over = asyncio.Event()
+            await asyncio.gather(run.sign_up(chaos_over), run.chaos(deadline, chaos_over))
+            run.signup_seconds = time.monotonic() - started
             await asyncio.gather(*run.background)
             drained = await run.drain(args.drain)
             done.set()
@@ -902,6 +928,16 @@ def main() -> None:
         default=(2.0, 6.0),
         metavar=("MIN", "MAX"),
         help="seconds between faults (uniform)",
+    )
+    parser.add_argument(
+        "--every-kind",
+        action="store_true",
+        help="run on past --duration (up to 3x) until every kind of fault has struck",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="no fault while another lasts (a worker's pause otherwise overlaps later faults)",
     )
     parser.add_argument("--timeout", type=float, default=30, help="a signup's HTTP timeout")
     parser.add_argument(

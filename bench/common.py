@@ -100,13 +100,18 @@ class RedisServer:
             stop(self._process)
 
 
-def redis_version(url: str) -> tuple[int, ...]:
+def redis_version(url: str) -> tuple[tuple[int, ...], str]:
+    """The Redis protocol version the server claims (Valkey claims 7.2), and its own name and
+    version for the report."""
     client = Redis.from_url(url)
     try:
         info = client.info("server")
     finally:
         client.close()
-    return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+    claimed = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+    if "valkey_version" in info:
+        return claimed, f"Valkey {info['valkey_version']}"
+    return claimed, f"Redis {info['redis_version']}"
 
 
 def redis_executable() -> str | None:
@@ -140,6 +145,8 @@ class Bench:
     @contextlib.contextmanager
     def running(cls, redis_url: str | None = None) -> Iterator[Bench]:
         """A started Bench in a temporary folder, stopped (and the folder removed) at the end."""
+        # A SIGTERM unwinds like Ctrl-C, so the servers stop and the folder goes.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
             bench = cls(Path(tmp), redis_url)
             try:
@@ -158,10 +165,9 @@ class Bench:
         if self.given_redis_url is None:
             self.redis_server = self._start_redis()
             self.redis_url = self.redis_server.url
-        version = redis_version(self.redis_url)
+        version, self.redis_version = redis_version(self.redis_url)
         if version < MIN_REDIS:
             raise SystemExit(f"Redis {MIN_REDIS[0]}+ needed, {self.redis_url} is {version}")
-        self.redis_version = ".".join(map(str, version))
 
     def _start_redis(self) -> Any:
         """The embedded helper's server if it is new enough, else redis-server from PATH."""
@@ -169,7 +175,7 @@ class Bench:
 
         embedded = EmbeddedRedis(self.root / "redis", appendonly=False)
         embedded.start()
-        if redis_version(embedded.url) >= MIN_REDIS:
+        if redis_version(embedded.url)[0] >= MIN_REDIS:
             return embedded
         embedded.stop()
         executable = redis_executable()
@@ -224,7 +230,7 @@ class Bench:
         return self.spawn(argv, f"{Path(script).stem}-{kind}", env)
 
     def postgres_pid(self) -> int:
-        return int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        return int((self.postgres.pgdata / "postmaster.pid").read_text().split()[0])
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
@@ -30,9 +29,8 @@ import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_ratio_table
-from signup import create_user_request, request
-from throughput import RESULTS, Bench
+import common
+from signup import PASSWORD
 
 from verimail_shared.embedded import free_port, wait_for_port
 
@@ -53,17 +51,9 @@ def baseline_tree(revision: str, into: Path) -> Path:
 
 
 class Api:
-    def __init__(self, bench: Bench, log: Path, pythonpath: Path | None) -> None:
+    def __init__(self, bench: common.Bench, log: Path, pythonpath: Path | None) -> None:
         self.port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": bench.database_url,
-            "REDIS_URL": bench.redis_server.url,
-            "API_PORT": str(self.port),
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "RATE_LIMIT_CREATE_USER": "off",
-        }
+        env = bench.env(API_PORT=str(self.port), RATE_LIMIT_CREATE_USER="off")
         if pythonpath is not None:
             env["PYTHONPATH"] = str(pythonpath)
         self.log = log.open("ab")
@@ -84,9 +74,36 @@ class Api:
         raise RuntimeError("no main thread")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        common.stop(self.process)
         self.log.close()
+
+
+# A lean HTTP/1.1 client: this bench counts the API's loop CPU only, so the client need not be wrk.
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def request(raw: bytes, stream: Stream) -> int:
+    """Send one request on `stream` and read the answer; its status."""
+    reader, writer = stream
+    writer.write(raw)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+def create_user_request(username: str) -> bytes:
+    user = {"username": username, "full_name": "Bench User", "password": PASSWORD}
+    body = json.dumps({**user, "email": f"{username}@example.com"}).encode()
+    head = (
+        "POST /v1/create_user HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 async def sign_up(port: int, prefix: str, count: int, connections: int) -> int:
@@ -98,7 +115,7 @@ async def sign_up(port: int, prefix: str, count: int, connections: int) -> int:
         nonlocal ok
         stream = await asyncio.open_connection("127.0.0.1", port)
         for n in names:
-            status, _ = await request(port, create_user_request(f"{prefix}_{n}"), stream)
+            status = await request(create_user_request(f"{prefix}_{n}"), stream)
             ok += status == 200
         stream[1].close()
 
@@ -118,39 +135,33 @@ def measure(api: Api, prefix: str, args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--baseline", required=True, help="git revision to compare against")
-    parser.add_argument("--signups", type=int, default=1000, help="measured per run and side")
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    load_before = os.getloadavg()[0]
+    cli = common.parser(__doc__, workers=())
+    cli.add_argument("--baseline", required=True, help="git revision to compare against")
+    cli.add_argument("--signups", type=int, default=1000, help="measured per run and side")
+    cli.add_argument("--warmup", type=int, default=200)
+    cli.add_argument("--connections", type=int, default=8)
+    args = cli.parse_args()
+    load = common.load_average()
     sides: dict[str, list[float]] = {"this tree": [], args.baseline: []}
-    with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-        root = Path(tmp)
-        trees = {"this tree": None, args.baseline: baseline_tree(args.baseline, root / "base")}
-        bench = Bench(root)
-        RESULTS.mkdir(exist_ok=True)
-        bench.start()
-        try:
-            for run in range(args.runs):  # interleaved, so load on the machine hits both sides
-                for n, (side, tree) in enumerate(trees.items()):
-                    api = Api(bench, RESULTS / f"loop-cpu-api-{n}.log", tree)
-                    try:
-                        sides[side].append(measure(api, f"r{run}s{n}t{int(time.time())}", args))
-                    finally:
-                        api.stop()
-        finally:
-            bench.stop()
+    with common.Bench.running(args.redis_url) as bench:
+        trees = {
+            "this tree": None,
+            args.baseline: baseline_tree(args.baseline, bench.root / "base"),
+        }
+        common.RESULTS.mkdir(exist_ok=True)
+        for run, side in common.interleaved(list(trees), args.runs):
+            n = list(trees).index(side)
+            api = Api(bench, common.RESULTS / f"loop-cpu-api-{n}.log", trees[side])
+            try:
+                sides[side].append(measure(api, f"r{run}s{n}t{int(time.time())}", args))
+            finally:
+                api.stop()
     print(
         f"event-loop CPU ms per signup, {args.signups} signups per run and side, "
-        f"{args.connections} connections, {args.runs} runs; load average {load_before:.1f} "
-        f"before, {os.getloadavg()[0]:.1f} after"
+        f"{args.connections} connections, {args.runs} runs"
     )
-    print_ratio_table(sides, reference="this tree", unit="ms per signup", digits=2)
+    common.print_ratio_table(sides, reference="this tree", unit="ms per signup", digits=2)
+    common.print_load("at the start", load)
 
 
 if __name__ == "__main__":

@@ -339,9 +339,10 @@ def main() -> None:
     load = common.load_average()
     runs: dict[str, list[float]] = {side: [] for side in sides}
     with common.Bench.running(args.redis_url) as bench:
-        print(f"Redis {bench.redis_version} at {bench.redis_url}")
-        for _, side in common.interleaved(sides, args.runs):
+        print(f"{bench.redis_version} at {bench.redis_url}")
+        for run, side in common.interleaved(sides, args.runs):
             runs[side].append(asyncio.run(rate(bench, side, args.count)))
+            print(f"run {run + 1} {side}: {runs[side][-1]:.0f} tasks/s", flush=True)
         if args.profile:
             for side in sides:
                 asyncio.run(rate(bench, side, args.count, profile=True))

@@ -37,6 +37,12 @@ async def signed_up(settings: Settings) -> dict[str, str]:
     return body
 
 
+async def the_link_verifies(settings: Settings, smtp_server: SmtpServer, email: str) -> None:
+    async with api_client(settings) as client:
+        link = smtp_server.link_to(email).removeprefix(settings.public_base_url)
+        assert (await client.get(link)).json() == {"is_verified": True}
+
+
 async def test_a_rerun_of_a_job_whose_email_was_sent_sends_nothing(
     settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
 ) -> None:
@@ -105,9 +111,7 @@ async def test_an_attempt_cancelled_after_its_final_dot_still_commits_its_marker
     await deps.close()
     assert len(smtp_server.to(body["email"])) == 1
     assert [e["reason"] for e in logs if e["event"] == "verify_email_skipped"] == ["already_sent"]
-    async with api_client(settings) as client:
-        link = smtp_server.link_to(body["email"]).removeprefix(settings.public_base_url)
-        assert (await client.get(link)).json() == {"is_verified": True}
+    await the_link_verifies(settings, smtp_server, body["email"])
 
 
 async def test_a_commit_lost_after_the_servers_answer_is_written_again(
@@ -138,9 +142,7 @@ async def test_a_commit_lost_after_the_servers_answer_is_written_again(
     await send_verify_email(deps, payload, Job(job_id, 2))
     await deps.close()
     assert len(smtp_server.to(body["email"])) == 1
-    async with api_client(settings) as client:
-        link = smtp_server.link_to(body["email"]).removeprefix(settings.public_base_url)
-        assert (await client.get(link)).json() == {"is_verified": True}
+    await the_link_verifies(settings, smtp_server, body["email"])
 
 
 async def test_a_defer_of_zero_is_safe_the_worker_never_runs_before_the_commit(

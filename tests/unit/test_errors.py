@@ -6,7 +6,7 @@ import json
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from verimail_api.errors import error_response
 from verimail_api.signup import CodeAlreadyUsed, CodeExpired
@@ -72,6 +72,23 @@ def test_a_dependency_that_is_down_is_503_unavailable(error: Exception) -> None:
         503,
         {"code": 14, "message": "a dependency is unavailable, try again later", "details": []},
     )
+
+
+class PostgresError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["57P03", "57P01", "08006"])
+def test_a_postgresql_starting_up_or_shutting_down_is_503_unavailable(sqlstate: str) -> None:
+    """asyncpg's "the database system is starting up" reaches the API as a bare DBAPIError."""
+    error = DBAPIError("connect", None, PostgresError(sqlstate))
+    assert body(error)[0] == 503
+
+
+def test_a_postgresql_error_of_the_request_itself_is_not_503() -> None:
+    assert body(DBAPIError("INSERT", None, PostgresError("22P02")))[0] == 500
 
 
 def test_a_bug_is_a_500_that_does_not_leak_its_message() -> None:

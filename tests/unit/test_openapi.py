@@ -19,6 +19,8 @@ def served_operations(settings: Settings) -> set[tuple[str, str]]:
     operations = set()
     for route in app.routes:
         assert isinstance(route, Route)
+        if route.path == "/admin" or route.path.startswith("/admin/"):
+            continue  # the operator console's HTML pages are not part of the JSON API
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {id:int} is {id} in OpenAPI
         operations |= {(path, method.lower()) for method in route.methods or () if method != "HEAD"}
     return operations

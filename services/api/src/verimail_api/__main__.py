@@ -14,14 +14,14 @@ from starlette.applications import Starlette
 from verimail_api.app import create_app
 from verimail_api.server import BoundedHttpToolsProtocol
 from verimail_shared import cli
-from verimail_shared.db import wait_for_database
+from verimail_shared.db import check_database
 from verimail_shared.logs import configure_logging
 
 
-def run(wait: float) -> None:
+def run() -> None:
     settings = cli.load_settings()
     configure_logging(settings)
-    wait_for_database(settings.database_url, wait)
+    check_database(settings.database_url)
     if settings.api_metrics_port is not None:
         prometheus_client.start_http_server(settings.api_metrics_port, settings.api_metrics_host)
     servers = [server(create_app(settings), settings.api_host, settings.api_port)]
@@ -71,11 +71,8 @@ async def serve(servers: list[uvicorn.Server]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="verimail-api", description=__doc__)
-    parser.add_argument(
-        "--wait", type=float, default=30.0, help="seconds to wait for PostgreSQL at start-up"
-    )
-    args = parser.parse_args()
-    cli.run(parser.prog, lambda: run(args.wait))
+    parser.parse_args()
+    cli.run(parser.prog, run)
 
 
 if __name__ == "__main__":

@@ -113,9 +113,18 @@ def error_response(exc: Exception) -> JSONAnswer:
     return status_response(INTERNAL, "internal error")
 
 
+# SQLSTATE classes of a PostgreSQL that cannot serve now: connection exceptions (08) and
+# operator intervention (57: shutting down, crashed, still starting up).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57")
+
+
 def is_dependency_error(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
     return isinstance(exc, DEPENDENCY_ERRORS)
 
 

@@ -9,7 +9,7 @@ import sys
 import prometheus_client
 
 from verimail_shared import cli
-from verimail_shared.db import wait_for_database
+from verimail_shared.db import check_database
 from verimail_shared.logs import configure_logging
 from verimail_worker.worker import check_health, create_worker
 
@@ -26,10 +26,10 @@ def check() -> int:
     return 0 if healthy else 1
 
 
-def work(wait: float) -> None:
+def work() -> None:
     settings = cli.load_settings()
     configure_logging(settings)
-    wait_for_database(settings.database_url, wait)
+    check_database(settings.database_url)
     prometheus_client.start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
     create_worker(settings).run()  # on uvloop
 
@@ -39,11 +39,8 @@ def main() -> None:
     parser.add_argument(
         "--check", action="store_true", help="exit 0 if this host's worker is healthy, else 1"
     )
-    parser.add_argument(
-        "--wait", type=float, default=30.0, help="seconds to wait for PostgreSQL at start-up"
-    )
     args = parser.parse_args()
-    cli.run(parser.prog, check if args.check else lambda: work(args.wait))
+    cli.run(parser.prog, check if args.check else work)
 
 
 if __name__ == "__main__":

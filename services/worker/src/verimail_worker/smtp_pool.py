@@ -18,6 +18,8 @@ MAX_MESSAGES_PER_CONNECTION = 100
 # A message whose final dot got no answer is sent again, the same bytes, this many times.
 UNANSWERED_DATA_RESENDS = 2
 IDLE_CHECK_SECONDS = 30.0
+# A message whose final dot got no answer is sent again, the same bytes, this many times.
+UNANSWERED_DATA_RESENDS = 2
 
 
 @dataclass

@@ -32,11 +32,11 @@ class Chart:
 
 
 def _nice_max(value: int) -> int:
-    """The smallest 1, 2 or 5 times 10^n at or above `value` (at least 5), for round ticks."""
+    """The smallest 1, 2 or 5 times 10^n at or above `value` (at least 10): half is whole too."""
     step = 1
     while True:
         for factor in (1, 2, 5):
-            if factor * step >= max(value, 5):
+            if factor * step >= max(value, 10):
                 return factor * step
         step *= 10
 
