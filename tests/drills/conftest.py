@@ -110,7 +110,20 @@ class Stack:
         return bodies
 
     def delivered(self) -> Counter[str]:
-        return Counter(str(message["To"]) for message in self.smtp.messages)
+        """Emails per recipient. Identical copies of one message (its Message-ID and content),
+        sent again after a final dot went unanswered, are one email to the reader (decision
+        090) and count once; a job that runs again writes a new code, so it counts twice."""
+        emails = {
+            (
+                str(message["To"]),
+                str(message["Message-ID"]),
+                tuple(
+                    str(part.get_payload()) for part in message.walk() if not part.is_multipart()
+                ),
+            )
+            for message in self.smtp.messages
+        }
+        return Counter(to for to, _, _ in emails)
 
     async def drained(self) -> bool:
         """Nothing queued, nothing running, nothing left in the outbox."""
