@@ -51,6 +51,8 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     warnings = [log for log in logs if log["event"] == "untrusted_x_forwarded_for"]
     assert len(warnings) == 1 and warnings[0]["peer"] == "127.0.0.1"  # once, not per request
     await redis.flushdb()
+    # The same three requests through a trusted proxy: written out beside the first three so
+    # the two answers read side by side.
     with structlog.testing.capture_logs() as logs:
         async with api_client(trusting) as client:
             proxied = [

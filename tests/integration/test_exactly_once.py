@@ -43,6 +43,8 @@ async def the_link_verifies(settings: Settings, smtp_server: SmtpServer, email: 
         assert (await client.get(link)).json() == {"is_verified": True}
 
 
+# The tests below each run the task by hand (sign up, open the dependencies, build the payload):
+# alike in shape on purpose, as what differs — the fault and the runs — sits between those lines.
 async def test_a_rerun_of_a_job_whose_email_was_sent_sends_nothing(
     settings: Settings, redis: ArqRedis, smtp_server: SmtpServer
 ) -> None:
