@@ -58,19 +58,25 @@ class Heartbeat:
             started_at=self.started_at,
             heartbeat_at=now,
         )
-        processed, failed = _total(metrics.PROCESSED), _total(metrics.FAILED)
         try:
             await workers.beat(redis, record, ttl_seconds=int(self.interval_seconds * 3) + 1)
-            await workers.count_finished(
-                redis, processed - _reported["processed"], failed - _reported["failed"]
-            )
+            await _report_finished(redis)
         except (RedisError, OSError) as exc:  # the next beat tries again with the sums so far
             log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        _reported.update(processed=processed, failed=failed)
 
     async def leave(self, redis: ArqRedis) -> None:
+        """Report what finished since the last beat, and take the record away."""
         try:
+            await _report_finished(redis)
             await workers.forget(redis, self.id)
         except (RedisError, OSError) as exc:  # the record expires by itself
             log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+async def _report_finished(redis: ArqRedis) -> None:
+    """Add what the counters gained since the last report to the hourly counts."""
+    processed, failed = _total(metrics.PROCESSED), _total(metrics.FAILED)
+    await workers.count_finished(
+        redis, processed - _reported["processed"], failed - _reported["failed"]
+    )
+    _reported.update(processed=processed, failed=failed)
