@@ -53,6 +53,10 @@ def console_settings(settings: Settings) -> Settings:
             "admin_token": SecretStr(TOKEN),
             "worker_health_check_interval_seconds": 1,
             "verify_email_defer_seconds": 600,  # every signup's job waits: "run now" has work
+            # Other tests' outbox rows share this database: no relay or reconciler runs them
+            # here, so that the chart counts this test's jobs only.
+            "outbox_relay_after_seconds": 3600,
+            "outbox_reconcile_after_seconds": 3600,
         }
     )
 
