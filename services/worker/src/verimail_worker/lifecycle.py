@@ -351,7 +351,7 @@ class BatchedWorker(Worker):
         args: tuple[Any, ...] = ()
         kwargs: dict[Any, Any] = {}
 
-        def job_failed(exc: BaseException) -> None:
+        def job_failed(exc: BaseException, ref: str | None = None) -> None:
             self.jobs_failed += 1
             result_data = serialize_result(
                 function_name,
@@ -363,7 +363,7 @@ class BatchedWorker(Worker):
                 exc,
                 start_ms,
                 timestamp_ms(),
-                f"{job_id}:{function_name}",
+                ref or f"{job_id}:{function_name}",
                 queue,
                 job_id=job_id,
                 serializer=self.job_serializer,
@@ -406,23 +406,7 @@ class BatchedWorker(Worker):
         if job_try > max_tries:
             t = (timestamp_ms() - enqueue_time_ms) / 1000
             logger.warning("%6.2fs ! %s max retries %d exceeded", t, ref, max_tries)
-            self.jobs_failed += 1
-            result_data = serialize_result(
-                function_name,
-                args,
-                kwargs,
-                job_try,
-                enqueue_time_ms,
-                False,
-                JobExecutionFailed(f"max {max_tries} retries exceeded"),
-                start_ms,
-                timestamp_ms(),
-                ref,
-                queue,
-                job_id=job_id,
-                serializer=self.job_serializer,
-            )
-            return self._finish_failed(queue, job_id, result_data)
+            return job_failed(JobExecutionFailed(f"max {max_tries} retries exceeded"), ref)
 
         result: Any = no_result
         exc_extra = None
