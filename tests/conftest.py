@@ -91,6 +91,7 @@ def make_settings(
         "worker_poll_delay_seconds": 0.02,
         "dependency_timeout_seconds": 2,
         "argon2_memory_kib": 19456,
+        "verify_code_key": "test-verify-code-key-0123456789",
         # Tests sign many users up from one address; the limits have tests of their own.
         "rate_limit_create_user": "off",
         "rate_limit_verify_email": "off",

@@ -13,6 +13,7 @@ import pytest
 
 from tests.drills.conftest import ADMIN_TOKEN, Stack
 from tests.support.polling import eventually
+from verimail_shared.embedded import verification_link
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CLAIMED_JOB_START_SLACK = timedelta(seconds=0.25)
@@ -139,6 +140,34 @@ async def test_kill_9_of_the_worker_mid_batch_then_restart(stack: Stack) -> None
     stack.smtp.inbox.hold = False
     stack.start_worker()
     await stack.assert_one_email_per_signup(timeout=90)
+
+
+@pytest.mark.parametrize("stack", [{"worker_job_timeout_seconds": 2}], indirect=True)
+async def test_kill_9_after_the_server_took_the_message_resends_the_same_email_whose_link_works(
+    stack: Stack,
+) -> None:
+    """The window no design closes (decision 006): the server has the message, the worker dies
+    before its COMMIT. The re-run sends the same email again, and the first one's link works
+    (decision 091)."""
+    worker = stack.start_worker()
+
+    async def kill_the_sender() -> None:
+        stack.smtp.inbox.before_data_reply = None
+        await asyncio.to_thread(worker.kill)  # the 250 then goes to a dead connection
+
+    stack.smtp.inbox.before_data_reply = kill_the_sender
+    (user,) = await stack.sign_up(1)
+    await eventually(lambda: not worker.running, timeout=30, message="the worker never sent")
+    stack.start_worker()
+    await eventually(lambda: len(stack.smtp.to(user["email"])) == 2, timeout=60)
+    first, copy = stack.smtp.to(user["email"])
+    assert copy["Message-ID"] == first["Message-ID"]
+    assert verification_link(copy) == verification_link(first)
+    link = str(verification_link(first)).removeprefix(stack.settings.public_base_url)
+    assert (await stack.client.get(link)).json() == {"is_verified": True}
+    await stack.assert_one_email_per_signup()
+    await settled(stack)
+    assert len(stack.smtp.to(user["email"])) == 2
 
 
 @pytest.mark.parametrize("stack", [{"worker_shutdown_grace_seconds": 15}], indirect=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
 
@@ -78,6 +80,11 @@ class Process:
             self._file.close()
 
 
+def secret(value: SecretStr | None) -> str:
+    """A secret setting as an environment variable: empty, which reads as unset, when None."""
+    return value.get_secret_value() if value is not None else ""
+
+
 def system_env(
     settings: Settings, api_port: int, metrics_port: int, **extra: str
 ) -> dict[str, str]:
@@ -88,6 +95,7 @@ def system_env(
         "REDIS_URL": settings.redis_url,
         "SMTP_HOST": settings.smtp_host,
         "SMTP_PORT": str(settings.smtp_port),
+        "VERIFY_CODE_KEY": secret(settings.verify_code_key),
         "API_PORT": str(api_port),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
         "WORKER_METRICS_PORT": str(metrics_port),

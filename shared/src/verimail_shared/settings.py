@@ -30,7 +30,7 @@ class SignupEnqueue(StrEnum):
     IN_TRANSACTION = "in_transaction"  # simplebank's design, kept for comparison only
 
 
-MIN_ADMIN_TOKEN_LENGTH = 16
+MIN_SECRET_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     verify_email_defer_seconds: float = Field(default=10.0, ge=0)
     verify_email_max_tries: int = Field(default=10, ge=1)
     verify_email_ttl_minutes: int = Field(default=15, ge=1)
+    # The workers derive each job's code from it, so a re-run sends the same link (decision 091).
+    verify_code_key: SecretStr | None = None
     retry_backoff_base_seconds: float = Field(default=2.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
     signup_enqueue: SignupEnqueue = SignupEnqueue.OUTBOX
@@ -121,12 +123,12 @@ class Settings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
-            raise ValueError(
-                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
-                "(e.g. `openssl rand -hex 32`), or unset to turn the admin routes off"
-            )
-        return value
+        return _long_enough("ADMIN_TOKEN", value, "or unset to turn the admin routes off")
+
+    @field_validator("verify_code_key")
+    @classmethod
+    def _check_verify_code_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return _long_enough("VERIFY_CODE_KEY", value, "the same on every worker")
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -175,6 +177,15 @@ class Settings(BaseSettings):
 
 
 _URL_FIELDS = {"database_url", "redis_url"}
+
+
+def _long_enough(name: str, value: SecretStr | None, advice: str) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{name} must be at least {MIN_SECRET_LENGTH} characters "
+            f"(e.g. `openssl rand -hex 32`), {advice}"
+        )
+    return value
 
 
 def mask_url(url: object) -> object:
