@@ -16,8 +16,9 @@ docs/reliability.md.
 At the end it waits until the work is done (both queues empty, no job in progress, no
 unfinished outbox row, and still so after arq's in-progress timeout, so that a late duplicate
 would be counted), then counts from PostgreSQL and the SMTP server's inbox: missing,
-duplicates, phantom, the copies re-sent after a DATA the server never answered (their own
-line: decision 090), dead letters, signups refused by cause, faults by kind, signup-to-email
+duplicates, phantom, the identical copies sent again after a DATA the server never answered
+(decision 090) and after a 250 that was never recorded (decision 091), each on its own line,
+dead letters, signups refused by cause, faults by kind, signup-to-email
 latency, and every anomaly with its job id, its attempts and the faults around it. It prints
 that and writes it as JSON (`--json`, default bench/results/chaos-<mode>.json); it exits 1 on
 anything missing, duplicated or phantom, or a drain that timed out.
@@ -33,6 +34,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -314,6 +316,7 @@ class Soak:
         self.background: set[asyncio.Task[None]] = set()
         self.started = time.monotonic()
         self.signup_seconds = 0.0
+        self.verify_code_key = secrets.token_hex(32)
 
     # -- the system -------------------------------------------------------------------------
 
@@ -324,6 +327,7 @@ class Soak:
             "DATABASE_URL": self.database_url,
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp.port),
+            "VERIFY_CODE_KEY": self.verify_code_key,  # every worker derives the same codes
             "API_PORT": str(api_port or self.api_ports[0]),
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.api_ports[0]}",
             "SIGNUP_ENQUEUE": self.args.mode,
@@ -739,22 +743,29 @@ class Soak:
         by_to: dict[str, list[Mail]] = defaultdict(list)
         for mail in self.inbox.received:
             by_to[mail.to].append(mail)
-        # An identical copy (same Message-ID and link) is the resend that follows a final dot
-        # the worker saw no answer to: the server hung up, or the worker, paused, timed out
-        # (decision 090). Any other second email is a duplicate.
-        resent = duplicates = 0
+        # An identical copy (same Message-ID and link) follows a send whose outcome the system
+        # could not know: the server hung up after the final dot (decision 090), or it answered
+        # 250 and the answer was never recorded: the worker missed it (paused past its
+        # timeout), died before its COMMIT, or PostgreSQL lost that transaction, and the worker
+        # or the job's re-run sent the same email again (decision 091). Each is counted on its
+        # own line; any other second email is a duplicate.
+        unanswered = lost = duplicates = 0
         doubled: list[str] = []
+        copied_again: list[str] = []
         for to, mails in by_to.items():
             seen: dict[str, Mail] = {}
             for mail in mails:
                 first = seen.setdefault(mail.message_id, mail)
                 if first is mail:
                     continue
-                if mail.link == first.link:  # identical: the resend after an unanswered dot
-                    resent += 1
-                else:
+                if mail.link != first.link:
                     duplicates += 1
                     doubled.append(to)
+                elif mails[mails.index(mail) - 1].unanswered:
+                    unanswered += 1
+                else:
+                    lost += 1
+                    copied_again.append(to)
             duplicates += len(seen) - 1  # distinct messages for one user
             if len(seen) > 1:
                 doubled.append(to)
@@ -768,7 +779,7 @@ class Soak:
             if email in by_to and email in self.requested
         )
         copied = [mails[0] for mails in by_to.values() if len(mails) > 1]
-        attempts = self.attempts() if (missing or doubled or phantom) else Counter()
+        attempts = self.attempts() if (missing or doubled or phantom or lost) else Counter()
 
         def explain(email: str) -> dict[str, Any]:
             mails = by_to.get(email, [])
@@ -824,7 +835,8 @@ class Soak:
             "phantom": len(phantom),
             "unanswered_data": self.inbox.unanswered_kept + self.inbox.unanswered_dropped,
             "unanswered_data_kept_by_server": self.inbox.unanswered_kept,
-            "resent_after_unanswered_data": resent,
+            "resent_after_unanswered_data": unanswered,
+            "resent_after_lost_outcome": lost,
             "first_links_failing": len(await self.links_that_fail(copied)),
             "dead_letters": int(self.postgres.psql("SELECT count(*) FROM dead_tasks", "chaos")),
             "process_restarts": dict(self.restarts),
@@ -838,6 +850,7 @@ class Soak:
                     ("missing", missing),
                     ("duplicate", sorted(set(doubled))),
                     ("phantom", phantom),
+                    ("identical_copy_after_lost_outcome", sorted(set(copied_again))),
                 )
                 for email in emails
             ],

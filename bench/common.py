@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -140,6 +141,7 @@ class Bench:
         self.redis_server: Any = None
         self.redis_url = redis_url or ""
         self.database_url = ""
+        self.verify_code_key = secrets.token_hex(32)  # one for every worker of every side
 
     @classmethod
     @contextlib.contextmanager
@@ -199,7 +201,11 @@ class Bench:
         from verimail_shared.settings import Settings
 
         return Settings(
-            _env_file=None, database_url=self.database_url, redis_url=self.redis_url, **overrides
+            _env_file=None,
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            verify_code_key=self.verify_code_key,
+            **overrides,
         )
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -212,6 +218,7 @@ class Bench:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "WORKER_METRICS_PORT": "0",
+            "VERIFY_CODE_KEY": self.verify_code_key,
             **overrides,
         }
 

@@ -125,11 +125,12 @@ def test_empty_secrets_in_the_env_file_are_unset(tmp_path: Path) -> None:
     assert settings.smtp_password is None and settings.api_metrics_port is None
 
 
+@pytest.mark.parametrize("name", ["ADMIN_TOKEN", "VERIFY_CODE_KEY"])
 @pytest.mark.parametrize("token", ["Q", "Fifteen-Chars-1"])
-def test_a_short_admin_token_is_refused_without_quoting_it(
-    monkeypatch: pytest.MonkeyPatch, token: str
+def test_a_short_secret_is_refused_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, token: str
 ) -> None:
-    monkeypatch.setenv("ADMIN_TOKEN", token)
+    monkeypatch.setenv(name, token)
     with pytest.raises(ValidationError, match="at least 16 characters") as error:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert token not in str(error.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -60,7 +61,18 @@ def services(settings: Settings, data_dir: Path, wait: float) -> Iterator[dict[s
             sink = start_mail_sink(data_dir / "mail", port)
             stack.callback(sink.stop)
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port), SMTP_TLS="none")
+        if settings.verify_code_key is None:
+            env["VERIFY_CODE_KEY"] = _dev_key(data_dir / "verify-code-key")
         yield env
+
+
+def _dev_key(path: Path) -> str:
+    """The development stack's VERIFY_CODE_KEY, made once and kept beside its data, so that
+    jobs queued before a restart keep their codes."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def run(settings: Settings, data_dir: Path, wait: float = 30.0) -> int:
@@ -68,7 +80,8 @@ def run(settings: Settings, data_dir: Path, wait: float = 30.0) -> int:
     with services(settings, data_dir, wait) as env:
         child_env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"), **env}
         for name, value in env.items():
-            print(f"[dev] {name}={value}", flush=True)
+            if name != "VERIFY_CODE_KEY":  # a secret, and long
+                print(f"[dev] {name}={value}", flush=True)
         migrate = [_command("verimail-migrate"), "--create-database"]
         if subprocess.run(migrate, env=child_env, check=False).returncode != 0:  # noqa: S603
             raise CommandError("stopped: verimail-migrate failed (its error is above)")
