@@ -16,7 +16,7 @@ import pytest
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tests.support.databases import create_database, drop_database
+from tests.support.databases import create_database, drop_database, empty_task_tables
 from tests.support.services import database
 from tests.support.smtp import SmtpServer
 from verimail_shared import db, queue
@@ -71,8 +71,10 @@ async def smtp_server(tmp_path: Path) -> AsyncIterator[SmtpServer]:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, smtp_server: SmtpServer) -> Settings:
-    """Settings pointing at the test servers, with short delays so tests run fast."""
+async def settings(database_url: str, redis_url: str, smtp_server: SmtpServer) -> Settings:
+    """Settings pointing at the test servers, with short delays so tests run fast; no other
+    test's queued work is left in the database."""
+    await empty_task_tables(database_url)
     return make_settings(database_url, redis_url, smtp_server)
 
 

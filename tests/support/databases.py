@@ -22,6 +22,16 @@ async def drop_database(admin_url: str, name: str) -> None:
     await _run_as_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+async def empty_task_tables(url: str) -> None:
+    """Forget every other test's outbox rows and dead letters: a worker's relay or reconciler
+    would otherwise enqueue them again, and counts of dead letters would include them."""
+    connection = await asyncpg.connect(plain_url(url))
+    try:
+        await connection.execute("TRUNCATE outbox, dead_tasks")
+    finally:
+        await connection.close()
+
+
 async def _run_as_admin(admin_url: str, statement: str) -> None:
     connection = await asyncpg.connect(plain_url(admin_url))
     try:
