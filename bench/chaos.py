@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -308,6 +308,8 @@ class Soak:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.paused: set[int] = set()  # pids under SIGSTOP
         self.restarts: Counter[str] = Counter()
+        self.replacing: set[tuple[str, int]] = set()  # slots a fault is restarting itself
+        self.processes: list[subprocess.Popen[bytes]] = []  # every one started, stopped at the end
         self.accepted: dict[str, float] = {}
         self.requested: dict[str, float] = {}  # every signup sent, answered or not
         self.refused: Counter[str] = Counter()
@@ -357,6 +359,7 @@ class Soak:
             stdout=self.log(f"worker{slot}"),
             stderr=subprocess.STDOUT,
         )
+        self.processes.append(process)
         if slot < len(self.workers):
             self.workers[slot] = process
         else:
@@ -369,6 +372,7 @@ class Soak:
             stdout=self.log(f"api{slot}"),
             stderr=subprocess.STDOUT,
         )
+        self.processes.append(process)
         if slot < len(self.apis):
             self.apis[slot] = process
         else:
@@ -401,7 +405,9 @@ class Soak:
                 ("api", self.apis, self.start_api),
             ):
                 for slot, process in enumerate(processes):
-                    if process.poll() is not None and process.pid not in self.paused:
+                    if (kind, slot) in self.replacing or process.pid in self.paused:
+                        continue
+                    if process.poll() is not None:
                         self.restarts[kind] += 1
                         self.note("restart", f"{kind}{slot} exited {process.returncode}")
                         start(slot)
@@ -523,9 +529,10 @@ class Soak:
         if not slots:
             return None
         slot = self.random.choice(slots)
-        self.workers[slot].kill()
-        await asyncio.to_thread(self.workers[slot].wait)
-        self.start_worker(slot)
+        with self.replacing_worker(slot):
+            self.workers[slot].kill()
+            await asyncio.to_thread(self.workers[slot].wait)
+            self.start_worker(slot)
         return f"worker{slot} killed"
 
     async def stop_worker(self) -> str | None:
@@ -533,10 +540,21 @@ class Soak:
         if not slots:
             return None
         slot = self.random.choice(slots)
-        self.workers[slot].send_signal(signal.SIGTERM)
-        await asyncio.to_thread(self.workers[slot].wait, 30)
-        self.start_worker(slot)
+        with self.replacing_worker(slot):
+            self.workers[slot].send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.workers[slot].wait, 30)
+            self.start_worker(slot)
         return f"worker{slot} stopped (SIGTERM)"
+
+    @contextlib.contextmanager
+    def replacing_worker(self, slot: int) -> Iterator[None]:
+        """The supervisor leaves this slot alone meanwhile: it would start a second worker in
+        it, which nothing would stop."""
+        self.replacing.add(("worker", slot))
+        try:
+            yield
+        finally:
+            self.replacing.discard(("worker", slot))
 
     async def crash_redis(self) -> str:
         return await self.redis.crash(self.random)
@@ -857,12 +875,12 @@ class Soak:
         }
 
     def stop(self) -> None:
-        for process in [*self.workers, *self.apis]:
+        for process in self.processes:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGCONT)
                 process.send_signal(signal.SIGTERM)
-        for process in [*self.workers, *self.apis]:
+        for process in self.processes:
             try:
                 process.wait(20)
             except subprocess.TimeoutExpired:
