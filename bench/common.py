@@ -300,7 +300,7 @@ class Profiler:
     ) -> None:
         self.process = process
         self.name = name
-        # With a thread's name, also that thread alone, native frames included (uvloop's loop).
+        # With a thread's name, also that thread alone (an API's event loop).
         self.thread = thread
         self.output = PROFILES / f"{name}.speedscope.json"
         self.recorder: subprocess.Popen[bytes] | None = None
@@ -309,10 +309,8 @@ class Profiler:
     def start(self) -> None:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         PROFILES.mkdir(parents=True, exist_ok=True)
-        options = ["--pid", str(self.process.pid), "--rate", str(PROFILE_RATE)]
+        options = ["--pid", str(self.process.pid), "--rate", str(PROFILE_RATE), "--nonblocking"]
         options += ["--format", "speedscope", "--output", str(self.output)]
-        # Native stacks need the process paused for each sample, which costs it a little time.
-        options.append("--native" if self.thread is not None else "--nonblocking")
         self.recorder = subprocess.Popen([py_spy, "record", *options], stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:

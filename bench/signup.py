@@ -21,7 +21,8 @@ Prints medians and the ratio signup ÷ raw (target >= 0.85), also per run, and w
 bench/results/signup.json (and the API's log to bench/results/signup-api.log). On a machine that
 other work loads, more and shorter runs (`--duration 10 --runs 9`) pair the sides more closely.
 With `--profile`, one more signup run under py-spy shows where the API's CPU goes per signup, and
-the event-loop thread's own share with native frames (uvloop's loop, socket calls).
+where its event-loop thread's goes (uvloop's own C code, socket calls included, shows as
+`Runner.run`).
 """
 
 from __future__ import annotations
