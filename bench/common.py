@@ -302,9 +302,13 @@ class Profiler:
     """py-spy sampling a process, to bench/results/profiles/`name`.speedscope.json; prints where
     the process's CPU went per task when stopped."""
 
-    def __init__(self, process: subprocess.Popen[bytes], name: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], name: str, *, thread: str | None = None
+    ) -> None:
         self.process = process
         self.name = name
+        # With a thread's name, also that thread alone (an API's event loop).
+        self.thread = thread
         self.output = PROFILES / f"{name}.speedscope.json"
         self.recorder: subprocess.Popen[bytes] | None = None
         self.tasks = 0
@@ -323,16 +327,23 @@ class Profiler:
         self.recorder.wait(120)
         if self.tasks and self.output.exists():
             print_profile(self.output, self.name, self.tasks)
+            if self.thread is not None:
+                print_profile(self.output, self.name, self.tasks, thread=self.thread, top=14)
 
 
-def print_profile(path: Path, name: str, tasks: int, top: int = 8) -> None:
-    """The packages and functions that took the most samples (self time), in ms per task."""
+def print_profile(
+    path: Path, name: str, tasks: int, top: int = 8, thread: str | None = None
+) -> None:
+    """The packages and functions that took the most samples (self time), in ms per task; of
+    the threads whose name holds `thread`, or of them all."""
     document = json.loads(path.read_text())
     frames = document["shared"]["frames"]
     functions: dict[str, int] = {}
     packages: dict[str, int] = {}
     total = 0
     for profile in document["profiles"]:
+        if thread is not None and thread not in profile["name"]:
+            continue
         for stack in profile["samples"]:
             if not stack:
                 continue
@@ -343,7 +354,8 @@ def print_profile(path: Path, name: str, tasks: int, top: int = 8) -> None:
             packages[package] = packages.get(package, 0) + 1
             total += 1
     per_task = 1000 / PROFILE_RATE / tasks
-    print(f"py-spy, {name}: {total * per_task:.3f} ms of samples per task; by package, self time:")
+    of = f"{name}, thread {thread}" if thread else name
+    print(f"py-spy, {of}: {total * per_task:.3f} ms of samples per task; by package, self time:")
     for package, samples in sorted(packages.items(), key=lambda item: -item[1])[:top]:
         print(f"  {package:<28} {samples * per_task:>7.3f} ms  {samples / total:>5.0%}")
     print("  top functions, self time:")

@@ -5,11 +5,12 @@
 What a signup costs the API's event-loop thread (HTTP, validation, the database write, the
 enqueue, logs) beside the hash, which runs on other threads. Starts Bench's embedded PostgreSQL
 and Redis; then, interleaved in every run, the real `verimail-api` of this tree and of
---baseline (its `services/api` from `git archive`, put ahead on PYTHONPATH; the shared package
-is this tree's) with the settings' argon2id parameters (the hash runs on other threads),
-JSON logs at INFO, rate limits off. --connections keep-alive connections sign --signups new users
-up after a warm-up; the loop thread's CPU time (user + system, from /proc via psutil) over those
-signups, divided by their number. Prints medians, per-run figures and the ratio; the APIs'
+--baseline (its `services/api/src` and `shared/src` from `git archive`, put ahead on
+PYTHONPATH, so that a change to the shared package's enqueue counts too) with the settings'
+argon2id parameters (the hash runs on other threads), JSON logs at INFO, rate limits off.
+--connections keep-alive connections sign --signups new users up after a warm-up; the loop
+thread's CPU time (user + system, from /proc via psutil) over those signups, divided by their
+number. Prints medians, per-run figures and the ratio; the APIs'
 logs go to bench/results/loop-cpu-api-*.log.
 """
 
@@ -37,25 +38,28 @@ from verimail_shared.embedded import free_port, wait_for_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def baseline_tree(revision: str, into: Path) -> Path:
-    """`services/api/src` of `revision`, extracted under `into`."""
+def baseline_tree(revision: str, into: Path) -> str:
+    """`services/api/src` and `shared/src` of `revision`, extracted under `into`: a PYTHONPATH.
+
+    The database is migrated by this tree; a baseline with other migrations is not comparable.
+    """
     archive = subprocess.run(
-        ["git", "archive", revision, "services/api/src"],  # noqa: S607
+        ["git", "archive", revision, "services/api/src", "shared/src"],  # noqa: S607
         cwd=ROOT,
         check=True,
         capture_output=True,
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
-    return into / "services" / "api" / "src"
+    return f"{into / 'services' / 'api' / 'src'}:{into / 'shared' / 'src'}"
 
 
 class Api:
-    def __init__(self, bench: common.Bench, log: Path, pythonpath: Path | None) -> None:
+    def __init__(self, bench: common.Bench, log: Path, pythonpath: str | None) -> None:
         self.port = free_port()
         env = bench.env(API_PORT=str(self.port), RATE_LIMIT_CREATE_USER="off")
         if pythonpath is not None:
-            env["PYTHONPATH"] = str(pythonpath)
+            env["PYTHONPATH"] = pythonpath
         self.log = log.open("ab")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("verimail-api"))],

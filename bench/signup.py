@@ -20,7 +20,9 @@ defaults, or ARGON2_* from the environment). Then, interleaved in every run:
 Prints medians and the ratio signup ÷ raw (target >= 0.85), also per run, and writes
 bench/results/signup.json (and the API's log to bench/results/signup-api.log). On a machine that
 other work loads, more and shorter runs (`--duration 10 --runs 9`) pair the sides more closely.
-With `--profile`, one more signup run under py-spy shows where the API's CPU goes per signup.
+With `--profile`, one more signup run under py-spy shows where the API's CPU goes per signup, and
+where its event-loop thread's goes (uvloop's own C code, socket calls included, shows as
+`Runner.run`).
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ def main() -> None:
                         signup_run(api, bench, run, args.connections, args.warmup, args.duration)
                     )
             if args.profile:
-                profiler = Profiler(api.process, "signup-api")
+                profiler = Profiler(api.process, "signup-api", thread="MainThread")
                 signup_run(api, bench, args.runs, args.connections, 0, args.duration, profiler)
         finally:
             api.stop()

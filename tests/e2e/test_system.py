@@ -86,10 +86,11 @@ async def test_sign_up_receive_the_email_click_the_link_be_verified(
     api: Service = system["api"]  # type: ignore[assignment]
     sent = [line for line in worker.lines() if line.get("event") == "verify_email_sent"]
     assert sent and sent[0]["request_id"] == request_id
-    assert any(
-        line.get("event") == "task_enqueued" and line["request_id"] == request_id
-        for line in api.lines()
-    )
+    # The signup's one INFO line, its access line, names the job it enqueued.
+    access = [line for line in api.lines() if line.get("request_id") == request_id]
+    assert [line["event"] for line in access] == ["request"]
+    assert access[0]["job_id"] == sent[0]["job_id"]
+    assert access[0]["username"] == body["username"]
     logs = api.log.read_text() + worker.log.read_text()
     assert body["password"] not in logs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import structlog
 from arq.connections import ArqRedis
 from sqlalchemy import text
 
@@ -185,3 +186,15 @@ async def test_readyz_is_200_while_postgres_and_redis_answer(
         alive = await client.get("/healthz")
     assert ready.status_code == 200, ready.text
     assert alive.status_code == 200
+
+
+async def test_what_a_signup_binds_for_its_access_line_goes_no_further(settings: Settings) -> None:
+    # The test client runs the app in this task, so a binding left behind would show here.
+    structlog.contextvars.bind_contextvars(caller="test")
+    try:
+        async with api_client(settings) as client:
+            response = await client.post("/v1/create_user", json=new_user())
+        assert response.status_code == 200, response.text
+        assert structlog.contextvars.get_contextvars() == {"caller": "test"}
+    finally:
+        structlog.contextvars.unbind_contextvars("caller")

@@ -211,6 +211,7 @@ async def test_every_lua_script_shipped_with_the_packages_compiles_in_redis(
         "claim_jobs.lua",
         "finish_jobs.lua",
         "count_queues.lua",
+        "enqueue_job.lua",
     }
     for script in scripts:
         sha = await redis.script_load(script.read_text())

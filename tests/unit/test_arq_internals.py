@@ -13,8 +13,10 @@ import importlib.metadata
 import inspect
 from typing import Any
 
+import arq.connections
 import arq.constants
 import arq.jobs
+import arq.utils
 import arq.worker
 import pytest
 from arq.worker import Worker, func
@@ -86,3 +88,12 @@ def test_the_job_and_result_encodings_are_arqs() -> None:
     ]  # fmt: skip
     raw = arq.jobs.serialize_job("f", (1,), {"k": 2}, 3, 4)
     assert arq.jobs.deserialize_job_raw(raw) == ("f", (1,), {"k": 2}, 3, 4)
+
+
+def test_the_enqueue_rules_the_enqueue_script_copies_are_unchanged() -> None:
+    # verimail_shared's enqueue_job.lua does what ArqRedis.enqueue_job does (decision 052).
+    source = inspect.getsource(arq.connections.ArqRedis.enqueue_job)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert digest == "7da8706a747c1171", "arq's ArqRedis.enqueue_job changed: port the change"
+    assert arq.constants.expires_extra_ms == 86_400_000
+    assert arq.utils.to_ms(1.2345) == 1234  # rounded to the millisecond

@@ -19,7 +19,11 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,64}")
 
 
 class RequestContextMiddleware:
-    """Binds `request_id` to every log line of a request and echoes it in `X-Request-ID`."""
+    """Binds `request_id` to every log line of a request and echoes it in `X-Request-ID`.
+
+    Each request ends in one INFO line, `request`, which also carries what its handler bound
+    with `structlog.contextvars` (a signup's `username` and `job_id`): one line per outcome.
+    """
 
     # The pure-ASGI prologue, repeated in each middleware on purpose (see headers.py).
     def __init__(self, app: ASGIApp) -> None:
@@ -31,6 +35,7 @@ class RequestContextMiddleware:
             return
         request_id = _request_id(scope)
         route = _route_template(scope)
+        outer = structlog.contextvars.get_contextvars().keys()
         status = 500
         started = time.perf_counter()
 
@@ -57,6 +62,9 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
+                # What the handler bound was for this line; it goes no further.
+                added = structlog.contextvars.get_contextvars().keys() - outer - {"request_id"}
+                structlog.contextvars.unbind_contextvars(*added)
 
 
 class UnexpectedErrorMiddleware:

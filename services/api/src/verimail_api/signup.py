@@ -116,7 +116,8 @@ class Signup:
                 job.id = row.outbox_id
         except IntegrityError as exc:
             raise AlreadyExists(_duplicate_message(exc)) from None
-        log.info("user_created", username=request.username, job_id=job.job_id)
+        # On the request's access line, its one line at INFO (decision 053).
+        structlog.contextvars.bind_contextvars(username=request.username, job_id=job.job_id)
         if self.mode is SignupEnqueue.OUTBOX:
             await self._dispatch(job)
         return row

@@ -37,12 +37,13 @@ class ArqTaskQueue:
         queue = TASK_QUEUES[TaskName(job.task)]
         if fresh:
             TASKS_ENQUEUED.labels(job.task, queue).inc()
-        log.info(
+        # DEBUG: the request's access line carries the job id (decision 053).
+        log.debug(
             "task_enqueued",
             task=job.task,
             queue=queue,
             job_id=job.job_id,
-            due_at=job.due_at.isoformat(),
+            due_at=job.due_at,
             max_tries=job.payload.get("max_tries"),
             already_queued=not fresh,
         )
