@@ -102,17 +102,35 @@ class RedisServer:
 
 
 def redis_version(url: str) -> tuple[tuple[int, ...], str]:
-    """The Redis protocol version the server claims (Valkey claims 7.2), and its own name and
-    version for the report."""
+    """The Redis protocol version the server claims (Valkey claims 7.2), and its own name,
+    version and memory allocator for the report."""
     client = Redis.from_url(url)
     try:
         info = client.info("server")
+        allocator = client.info("memory")["mem_allocator"]
     finally:
         client.close()
     claimed = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
     if "valkey_version" in info:
-        return claimed, f"Valkey {info['valkey_version']}"
-    return claimed, f"Redis {info['redis_version']}"
+        return claimed, f"Valkey {info['valkey_version']} ({allocator})"
+    return claimed, f"Redis {info['redis_version']} ({allocator})"
+
+
+def allocator(url: str) -> str:
+    """The server's memory allocator: `jemalloc-5.3.0` as Redis and Valkey ship, `libc` for the
+    embedded Valkey wheel."""
+    client = Redis.from_url(url)
+    try:
+        return str(client.info("memory")["mem_allocator"])
+    finally:
+        client.close()
+
+
+JEMALLOC_NEEDED = (
+    "bytes in Redis are measured on a jemalloc server, as Redis and Valkey ship (the embedded "
+    "Valkey's libc malloc sizes an allocation by the heap's history; decision 054): "
+    "apt-get install redis-server, or pass --redis-url"
+)
 
 
 def redis_executable() -> str | None:
@@ -132,12 +150,15 @@ def redis_executable() -> str | None:
 class Bench:
     """An embedded PostgreSQL (migrated database `bench`) and one Redis for every side."""
 
-    def __init__(self, root: Path, redis_url: str | None = None) -> None:
+    def __init__(self, root: Path, redis_url: str | None = None, jemalloc: bool = False) -> None:
+        """`jemalloc`: the server must allocate with jemalloc, as Redis and Valkey ship, for
+        figures in bytes (decision 054); the embedded Valkey allocates with libc malloc."""
         from verimail_shared.embedded import EmbeddedPostgres
 
         self.root = root
         self.postgres = EmbeddedPostgres(root / "postgres")
         self.given_redis_url = redis_url
+        self.jemalloc = jemalloc
         self.redis_server: Any = None
         self.redis_url = redis_url or ""
         self.database_url = ""
@@ -145,12 +166,12 @@ class Bench:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, redis_url: str | None = None) -> Iterator[Bench]:
+    def running(cls, redis_url: str | None = None, jemalloc: bool = False) -> Iterator[Bench]:
         """A started Bench in a temporary folder, stopped (and the folder removed) at the end."""
         # A SIGTERM unwinds like Ctrl-C, so the servers stop and the folder goes.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with tempfile.TemporaryDirectory(prefix="verimail-bench-") as tmp:
-            bench = cls(Path(tmp), redis_url)
+            bench = cls(Path(tmp), redis_url, jemalloc)
             try:
                 bench.start()
                 yield bench
@@ -170,21 +191,25 @@ class Bench:
         version, self.redis_version = redis_version(self.redis_url)
         if version < MIN_REDIS:
             raise SystemExit(f"Redis {MIN_REDIS[0]}+ needed, {self.redis_url} is {version}")
+        if self.jemalloc and not allocator(self.redis_url).startswith("jemalloc"):
+            raise SystemExit(f"{self.redis_url} does not allocate with jemalloc: {JEMALLOC_NEEDED}")
 
     def _start_redis(self) -> Any:
-        """The embedded helper's server if it is new enough, else redis-server from PATH."""
+        """The embedded helper's server if it is new enough (and allocates with jemalloc, when
+        that is asked for), else redis-server from PATH."""
         from verimail_shared.embedded import EmbeddedRedis
 
         embedded = EmbeddedRedis(self.root / "redis", appendonly=False)
         embedded.start()
-        if redis_version(embedded.url)[0] >= MIN_REDIS:
+        if redis_version(embedded.url)[0] >= MIN_REDIS and (
+            not self.jemalloc or allocator(embedded.url).startswith("jemalloc")
+        ):
             return embedded
         embedded.stop()
         executable = redis_executable()
         if executable is None:
-            raise SystemExit(
-                f"needs Redis {MIN_REDIS[0]}+: apt-get install redis-server, or pass --redis-url"
-            )
+            needed = f"needs Redis {MIN_REDIS[0]}+: apt-get install redis-server, or --redis-url"
+            raise SystemExit(JEMALLOC_NEEDED if self.jemalloc else needed)
         server = RedisServer(self.root / "redis-server", executable)
         while server.url == embedded.url:  # the stopped server's port may not be free yet
             server = RedisServer(self.root / "redis-server", executable)

@@ -12,6 +12,12 @@ Worker RSS: the worker process idle, then after it has run `jobs` no-op jobs; ou
 deployed worker (`create_worker`, as bench/throughput.py runs it), bare arq runs its defaults.
 Sides alternate within each run; tables print medians and ours ÷ side, and the results are
 written to bench/results/memory.json.
+
+The server must allocate with jemalloc, as Redis and Valkey ship (decision 054): the embedded
+Valkey's libc malloc hands a value a larger freed chunk depending on what ran before, so
+its bytes per job move with the heap's history (a Lua script's strings moved 4 job keys in 10
+into the next size). The bench starts redis-server from PATH when the embedded server is not
+jemalloc, and refuses a --redis-url that is not.
 """
 
 from __future__ import annotations
@@ -227,7 +233,9 @@ def main() -> None:
     args = cli.parse_args()
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     load = load_average()
-    with Bench.running(args.redis_url) as bench:
+    with Bench.running(args.redis_url, jemalloc=True) as bench:
+        server = bench.redis_version
+        print(f"{server} at {bench.redis_url}")
         # Alternate which side goes first, so neither always meets a warmer server.
         for run, side in interleaved(SIDES, args.runs, alternate=True):
             per_job, value = asyncio.run(bytes_per_job(bench, side, usernames(run, args.count)))
@@ -245,6 +253,7 @@ def main() -> None:
     write_results(
         "memory",
         {
+            "server": server,
             "count": args.count,
             "jobs": args.jobs,
             "load_average": load,
