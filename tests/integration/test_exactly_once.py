@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import asyncpg
@@ -28,6 +29,25 @@ from verimail_shared.jobs import (
 from verimail_shared.settings import Settings
 from verimail_shared.tables import DeadTask, OutboxTask
 from verimail_worker.tasks import Deps, Job, send_verify_email
+
+
+class RecordsOf(logging.Handler):
+    """The records one standard-library logger writes, while in a `with` block."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> RecordsOf:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
 
 
 async def signed_up(settings: Settings) -> dict[str, str]:
@@ -187,16 +207,22 @@ async def test_a_task_for_a_user_that_does_not_exist_is_a_dead_letter_at_once(
         _job_id=job_id,
         _queue_name=queue_key(Queue.CRITICAL),
     )
-    async with running_worker(settings):
-        dead = await eventually(
-            lambda: fetch_value(
-                engine, "SELECT last_error FROM dead_tasks WHERE job_id = :j", j=job_id
+    arq_lines = RecordsOf("arq.worker")
+    with structlog.testing.capture_logs() as logs, arq_lines:
+        async with running_worker(settings):
+            dead = await eventually(
+                lambda: fetch_value(
+                    engine, "SELECT last_error FROM dead_tasks WHERE job_id = :j", j=job_id
+                )
             )
-        )
     tries = await fetch_value(engine, "SELECT tries FROM dead_tasks WHERE job_id = :j", j=job_id)
     assert "does not exist" in dead
     assert tries == 1
     assert smtp_server.messages == []
+    # One line for the outcome, ours; arq's logger adds no ERROR line with a traceback to it.
+    outcomes = [e for e in logs if e["event"] == "process task failed" and e["job_id"] == job_id]
+    assert [e["outcome"] for e in outcomes] == ["dead_letter"]
+    assert [r.getMessage() for r in arq_lines.records if job_id in r.getMessage()] == []
 
 
 async def test_the_reconciler_requeues_only_unfinished_jobs_that_redis_lost(

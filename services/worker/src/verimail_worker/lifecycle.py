@@ -10,7 +10,8 @@ bare arq workers on the same queues see nothing new.
 `BatchedWorker.run_claimed` is arq 0.28's `Worker.run_job` from the point where the job is
 loaded: the same hooks, counters, log lines (on arq's logger), `Retry`, abort, cron and
 max-tries rules and result records; what changes is that the job's coroutine runs in the job's
-own task (no second task per job) and that its outcome is recorded by `FinishBatch`.
+own task (no second task per job), that its outcome is recorded by `FinishBatch`, and that a
+failure the function has logged itself (`FAILURE_LOGGED`) gets no second line from arq.
 
 The arq internals relied on are listed in `ARQ_INTERNALS`; `tests/unit/test_arq_internals.py`
 fails when an arq release moves them.
@@ -66,6 +67,10 @@ ARQ_INTERNALS = (
 )
 
 _queue: ContextVar[str] = ContextVar("verimail_queue")
+# Set in a job's ctx by a function that has written the failure's one log line itself (the task
+# runner's `process task failed`), so the lifecycle does not add arq's ERROR line with its
+# traceback for the same outcome.
+FAILURE_LOGGED = "verimail_failure_logged"
 RETRY_KEY_TTL_SECONDS = 88400  # arq's
 FLUSH_INTERVAL_SECONDS = 0.005
 FLUSH_BATCH = 500
@@ -469,14 +474,15 @@ class BatchedWorker(Worker):
                 logger.info("%6.2fs ↻ %s cancelled, will be run again", t, ref)
                 self.jobs_retried += 1
             else:
-                logger.exception(
-                    "%6.2fs ! %s failed, %s: %s",
-                    t,
-                    ref,
-                    e.__class__.__name__,
-                    e,
-                    extra={"extra": exc_extra},
-                )
+                if not ctx.get(FAILURE_LOGGED):
+                    logger.exception(
+                        "%6.2fs ! %s failed, %s: %s",
+                        t,
+                        ref,
+                        e.__class__.__name__,
+                        e,
+                        extra={"extra": exc_extra},
+                    )
                 result = e
                 finish = True
                 self.jobs_failed += 1

@@ -21,7 +21,7 @@ from verimail_shared.errors import PermanentError
 from verimail_shared.jobs import TASK_PAYLOADS, TaskName, queue_of_key
 from verimail_shared.marks import Completions
 from verimail_worker import deadletters
-from verimail_worker.lifecycle import current_queue_key
+from verimail_worker.lifecycle import FAILURE_LOGGED, current_queue_key
 from verimail_worker.metrics import (
     DURATION,
     FAILED,
@@ -112,6 +112,7 @@ def task_function(task: TaskName, handler: Handler, timeout: float) -> Function:
                     lateness=lateness,
                 )
                 if outcome is exc:
+                    ctx[FAILURE_LOGGED] = True
                     raise
                 raise outcome from exc
             duration = time.perf_counter() - started
