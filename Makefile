@@ -104,7 +104,7 @@ bench-loop-cpu: install ## API event-loop CPU per signup against another revisio
 bench-e2e: install ## Verification emails/s, one worker into SMTP, against a loop without the queue
 	$(BENCH)/e2e.py --count 2000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
-bench-memory: install ## Bytes per queued job (100,000 deferred) and worker RSS against bare arq
+bench-memory: install ## Bytes per queued job (100,000 deferred, on a jemalloc redis-server from PATH) and worker RSS against bare arq
 	$(BENCH)/memory.py --count 100000 --jobs 10000 --runs $(or $(RUNS),3) $(BENCH_ARGS)
 
 bench-console: install ## Console page medians with 100,000 queued jobs and 10,000 dead letters, against 1% of that
