@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    probe: Callable[[], Coroutine[Any, Any, T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Coroutine[Any, Any, T]] | Callable[[], T],
     timeout: float = 15.0,
     interval: float = 0.05,
     message: str = "condition not met",
@@ -19,11 +37,10 @@ async def eventually(
     """Call `probe` until it returns something truthy; return that, or fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
+        outcome = probe()
+        result: T = await outcome if asyncio.iscoroutine(outcome) else outcome
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s")
         await asyncio.sleep(interval)
