@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
@@ -44,7 +45,7 @@ def database_url(postgres_admin_url: str) -> Iterator[str]:
     """A migrated database of this test process's own."""
     name = f"verimail_test_{uuid.uuid4().hex[:12]}"
     url = asyncio.run(create_database(postgres_admin_url, name))
-    upgrade(Settings(_env_file=None, database_url=url))  # type: ignore[call-arg]
+    upgrade(Settings(_env_file=None, database_url=url))
     yield url
     asyncio.run(drop_database(postgres_admin_url, name))
 
@@ -81,7 +82,7 @@ async def settings(database_url: str, redis_url: str, smtp_server: SmtpServer) -
 def make_settings(
     database_url: str, redis_url: str, smtp: SmtpServer, **overrides: object
 ) -> Settings:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": redis_url,
         "smtp_host": "127.0.0.1",
@@ -101,7 +102,7 @@ def make_settings(
         "rate_limit_resend_email": "off",
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -145,6 +145,6 @@ def test_the_api_trusts_forwarded_for_only_from_the_compose_networks(
     compose: dict[str, Any],
 ) -> None:
     environment = services(compose)["api"]["environment"]
-    settings = Settings(_env_file=None, trusted_proxies=environment["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, trusted_proxies=environment["TRUSTED_PROXIES"])
     networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
     assert networks and all(network.is_private for network in networks)

@@ -190,6 +190,6 @@ def test_pods_carry_plain_scrape_annotations(rendered: list[dict[str, Any]]) -> 
 
 def test_the_configmap_trusts_forwarded_for_from_the_pod_network_only() -> None:
     (config,) = documents((K8S / "base" / "configmap.yaml").read_text())
-    settings = Settings(_env_file=None, trusted_proxies=config["data"]["TRUSTED_PROXIES"])  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, trusted_proxies=config["data"]["TRUSTED_PROXIES"])
     networks = [ipaddress.ip_network(proxy) for proxy in settings.trusted_proxies]
     assert networks and all(network.is_private for network in networks)

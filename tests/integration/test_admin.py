@@ -30,7 +30,7 @@ async def test_an_empty_admin_token_leaves_the_admin_routes_off(
     settings: Settings, redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ADMIN_TOKEN", "")  # as .env.example offers it
-    settings = Settings(_env_file=None, **settings.model_dump(exclude={"admin_token"}))  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, **settings.model_dump(exclude={"admin_token"}))
     async with api_client(settings) as client:
         response = await client.get("/v1/admin/dead_tasks", headers={"Authorization": "Bearer "})
     assert response.status_code == 404

@@ -89,7 +89,7 @@ def server(recorder: Recorder) -> Iterator[Server]:
 
 
 def pool_for(server: Server, size: int = 10) -> SmtpPool:
-    settings = Settings(_env_file=None, smtp_host="127.0.0.1", smtp_port=server.port)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, smtp_host="127.0.0.1", smtp_port=server.port)
     return SmtpPool(settings, size=size)
 
 

@@ -10,7 +10,7 @@ from verimail_worker.letter import VerifyEmailLetter, render, verify_link
 
 SETTINGS = Settings(
     _env_file=None,
-    public_base_url="https://verimail.example/",  # type: ignore[call-arg]
+    public_base_url="https://verimail.example/",
     email_sender="Verimail <no-reply@mail.example>",
 )
 LETTER = VerifyEmailLetter(

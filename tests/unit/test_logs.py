@@ -33,7 +33,7 @@ def lines(stream: io.TextIOWrapper) -> list[dict[str, object]]:
 def test_our_events_and_library_records_are_json_lines_with_level_and_logger(
     output: io.TextIOWrapper,
 ) -> None:
-    configure_logging(Settings(_env_file=None, log_format="json", log_level="INFO"), output)  # type: ignore[call-arg]
+    configure_logging(Settings(_env_file=None, log_format="json", log_level="INFO"), output)
     structlog.get_logger("verimail_worker.runner").info("task_processed", duration_ms=1.5)
     logging.getLogger("uvicorn.error").warning("library %s", "record")
     ours, library = lines(output)
@@ -47,7 +47,7 @@ def test_our_events_and_library_records_are_json_lines_with_level_and_logger(
 def test_debug_events_are_dropped_below_the_configured_level(
     output: io.TextIOWrapper,
 ) -> None:
-    configure_logging(Settings(_env_file=None, log_format="json", log_level="INFO"), output)  # type: ignore[call-arg]
+    configure_logging(Settings(_env_file=None, log_format="json", log_level="INFO"), output)
     structlog.get_logger("verimail_worker.runner").debug("task_started")
     logging.getLogger("asyncio").debug("Using selector")
     assert lines(output) == []

@@ -14,17 +14,17 @@ from verimail_shared.settings import Settings
 
 def test_queue_weights_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKER_QUEUES", "critical:6, default:3,low")
-    assert Settings(_env_file=None).worker_queues == {"critical": 6, "default": 3, "low": 1}  # type: ignore[call-arg]
+    assert Settings(_env_file=None).worker_queues == {"critical": 6, "default": 3, "low": 1}
 
 
 def test_queue_weights_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKER_QUEUES", "critical:0")
     with pytest.raises(ValidationError):
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
 
 
 def test_defaults_match_simplebank() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.verify_email_defer_seconds == 10
     assert settings.verify_email_max_tries == 10
     assert settings.worker_queues == {"critical": 10, "default": 5}
@@ -48,14 +48,14 @@ def test_other_schemes_are_refused() -> None:
 
 
 def test_secrets_are_masked_when_printed() -> None:
-    settings = Settings(_env_file=None, smtp_password="hunter2-secret")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, smtp_password="hunter2-secret")
     assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)
 
 
 def test_sentinels_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_SENTINELS", "s1:26379, 10.0.0.2:26380,s3")
     monkeypatch.setenv("REDIS_SENTINEL_MASTER", "verimail")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.redis_sentinels == [("s1", 26379), ("10.0.0.2", 26380), ("s3", 26379)]
     assert settings.redis_sentinel_master == "verimail"
 
@@ -63,7 +63,7 @@ def test_sentinels_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_without_sentinels_redis_url_is_used_directly() -> None:
     from verimail_shared.queue import redis_settings
 
-    settings = Settings(_env_file=None, redis_url="redis://:pw@h:6380/3")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, redis_url="redis://:pw@h:6380/3")
     assert settings.redis_sentinels == []
     arq = redis_settings(settings)
     assert (arq.host, arq.port, arq.database, arq.sentinel) == ("h", 6380, 3, False)
@@ -72,7 +72,7 @@ def test_without_sentinels_redis_url_is_used_directly() -> None:
 def test_with_sentinels_arq_asks_them_and_keeps_database_and_password() -> None:
     from verimail_shared.queue import redis_settings
 
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         redis_url="redis://:pw@ignored/2",
         redis_sentinels="a:1,b:2",
@@ -87,21 +87,21 @@ def test_with_sentinels_arq_asks_them_and_keeps_database_and_password() -> None:
 def test_a_killed_workers_job_runs_again_within_60_seconds_by_default() -> None:
     from verimail_worker.worker import create_worker
 
-    worker = create_worker(Settings(_env_file=None), handle_signals=False)  # type: ignore[call-arg]
+    worker = create_worker(Settings(_env_file=None), handle_signals=False)
     # arq lets another worker take the job once its in-progress key expires.
-    assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60  # type: ignore[call-arg]
+    assert worker.in_progress_timeout_s + Settings().worker_poll_delay_seconds <= 60
 
 
 def test_database_errors_do_not_quote_their_parameters() -> None:
     from verimail_shared.db import create_engine
 
-    engine = create_engine(Settings(_env_file=None))  # type: ignore[call-arg]
+    engine = create_engine(Settings(_env_file=None))
     assert engine.sync_engine.hide_parameters
 
 
 def test_printed_settings_mask_passwords_in_urls() -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url="postgresql://verimail:db-Secret-1@db:5432/verimail",
         redis_url="redis://:redis-Secret-2@redis:6379/0",
     )
@@ -115,12 +115,12 @@ def test_printed_settings_mask_passwords_in_urls() -> None:
 def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name.upper(), "")
     default = Settings.model_fields[name].get_default(call_default_factory=True)
-    assert getattr(Settings(_env_file=None), name) == default  # type: ignore[call-arg]
+    assert getattr(Settings(_env_file=None), name) == default
 
 
 def test_empty_secrets_in_the_env_file_are_unset(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("ADMIN_TOKEN=\nSMTP_PASSWORD=\nAPI_METRICS_PORT=\n")
-    settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
+    settings = Settings(_env_file=tmp_path / ".env")
     assert settings.admin_token is None
     assert settings.smtp_password is None and settings.api_metrics_port is None
 
@@ -132,13 +132,13 @@ def test_a_short_secret_is_refused_without_quoting_it(
 ) -> None:
     monkeypatch.setenv(name, token)
     with pytest.raises(ValidationError, match="at least 16 characters") as error:
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
     assert token not in str(error.value)
 
 
 def test_a_16_character_admin_token_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMIN_TOKEN", "sixteen-chars-01")
-    token = Settings(_env_file=None).admin_token  # type: ignore[call-arg]
+    token = Settings(_env_file=None).admin_token
     assert token is not None and token.get_secret_value() == "sixteen-chars-01"
 
 
@@ -169,6 +169,6 @@ def test_env_example_and_readme_list_every_setting_and_nothing_else() -> None:
 def test_env_example_shows_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable, value in env_example().items():
         monkeypatch.setenv(variable, value)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     for name, field in Settings.model_fields.items():
         assert getattr(settings, name) == field.get_default(call_default_factory=True), name
