@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import arq
 import arq.worker
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import pytest
 import redis.exceptions
 from arq.connections import ArqRedis, RedisSettings, create_pool
