@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -98,13 +99,13 @@ async def test_smtp_550_is_a_dead_letter_at_once_and_requeued_after_the_fix(stac
     stack.users.append(refused)
     await stack.sign_up(2)
 
-    async def dead_tasks() -> list[dict[str, object]]:
+    async def dead_tasks() -> list[dict[str, Any]]:
         response = await stack.client.get("/v1/admin/dead_tasks", headers=ADMIN)
         return list(response.json()["dead_tasks"])
 
     (dead,) = await eventually(dead_tasks, timeout=30, message="no dead letter")
     assert dead["tries"] == 1
-    assert dead["payload"]["username"] == refused["username"]  # type: ignore[index]
+    assert dead["payload"]["username"] == refused["username"]
     assert "550" in str(dead["last_error"])
     failed = [f for f in stack.failures() if f["payload"]["username"] == refused["username"]]
     assert len(failed) == 1 and failed[0]["permanent"] is True

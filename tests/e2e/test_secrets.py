@@ -47,16 +47,18 @@ async def redis_dump(redis: ArqRedis) -> str:
         parts.append(text_of(key))
         if kind == "none":  # expired or deleted since the scan saw it
             continue
+        # redis-py gives lrange, smembers and hgetall one signature for its sync and async clients,
+        # `Awaitable[T] | T`, which mypy will not await: hence the three ignores below.
         if kind == "string":
             values = [await redis.get(key) or b""]
         elif kind == "list":
-            values = await redis.lrange(key, 0, -1)
+            values = await redis.lrange(key, 0, -1)  # type: ignore[misc]
         elif kind == "set":
-            values = list(await redis.smembers(key))
+            values = list(await redis.smembers(key))  # type: ignore[misc]
         elif kind == "zset":
             values = list(await redis.zrange(key, 0, -1))
         elif kind == "hash":
-            values = [part for pair in (await redis.hgetall(key)).items() for part in pair]
+            values = [part for pair in (await redis.hgetall(key)).items() for part in pair]  # type: ignore[misc]
         elif kind == "stream":
             values = [
                 part

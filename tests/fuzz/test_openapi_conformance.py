@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
@@ -26,6 +27,10 @@ from schemathesis.checks import (
 from tests.support.processes import Service
 from verimail_api.openapi import DOCUMENT
 from verimail_shared.embedded import free_port, wait_for_port
+
+if TYPE_CHECKING:
+    # The generated case's type: schemathesis names it for type checkers only.
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 schema = schemathesis.openapi.from_dict(DOCUMENT)
@@ -77,7 +82,7 @@ def session() -> Iterator[requests.Session]:
     database=None,
 )
 def test_no_server_errors_and_every_response_conforms(
-    case: schemathesis.Case, api_url: str, session: requests.Session
+    case: OpenApiCase, api_url: str, session: requests.Session
 ) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if "/admin/" in case.path else None
     case.call_and_validate(base_url=api_url, session=session, headers=headers, checks=CHECKS)

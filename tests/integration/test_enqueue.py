@@ -36,7 +36,7 @@ async def wakeups(redis: ArqRedis) -> AsyncIterator[PubSub]:
     await pubsub.subscribe(WAKEUP_CHANNEL)
     await pubsub.get_message(timeout=1)  # the subscription's confirmation
     yield pubsub
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
 
 async def published(pubsub: PubSub) -> list[bytes]:

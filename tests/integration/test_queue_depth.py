@@ -17,7 +17,8 @@ from verimail_worker.worker import record_queue_depth
 
 
 def depth(queue: str, state: str) -> float:
-    return metrics.QUEUE_DEPTH.labels(queue, state)._value.get()
+    value: float = metrics.QUEUE_DEPTH.labels(queue, state)._value.get()
+    return value
 
 
 async def test_running_jobs_are_not_counted_as_ready(settings: Settings, redis: ArqRedis) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -55,12 +55,13 @@ class Inbox:
         if self.data_reply:
             return self.data_reply
         content = envelope.content if isinstance(envelope.content, bytes) else b""
-        message = cast(EmailMessage, message_from_bytes(content, policy=default_policy))
+        message = message_from_bytes(content, policy=default_policy)
         with self.lock:
             self.messages.append(message)
             hang_up = self.hang_ups > 0
             self.hang_ups -= hang_up
         if hang_up and server.transport is not None:
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()  # the client cannot tell whether the message was taken
         if self.before_data_reply is not None:
             await self.before_data_reply()
