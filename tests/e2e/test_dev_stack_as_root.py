@@ -16,7 +16,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,9 +56,9 @@ def clone_in(private: Path, layout: str) -> Path:
     return clone
 
 
-def wait_until(probe: object, timeout: float, message: str) -> None:
+def wait_until(probe: Callable[[], object], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
-    while not probe():  # type: ignore[operator]
+    while not probe():
         if time.monotonic() > deadline:
             raise AssertionError(message)
         time.sleep(0.2)

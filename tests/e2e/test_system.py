@@ -6,6 +6,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 import pytest
@@ -20,8 +21,16 @@ from verimail_shared.embedded import free_port, wait_for_port
 from verimail_shared.settings import Settings
 
 
+class RunningSystem(TypedDict):
+    api: Service
+    worker: Service
+    env: dict[str, str]
+    api_port: int
+    metrics_port: int
+
+
 @pytest.fixture
-def system(settings: Settings, redis: ArqRedis, tmp_path: Path) -> Iterator[dict[str, object]]:
+def system(settings: Settings, redis: ArqRedis, tmp_path: Path) -> Iterator[RunningSystem]:
     with running_system(settings, tmp_path) as running:
         yield {
             "api": running.api,
@@ -41,7 +50,7 @@ def metric(text: str, name: str, labels: dict[str, str]) -> float | None:
 
 
 async def test_sign_up_receive_the_email_click_the_link_be_verified(
-    system: dict[str, object], smtp_server: SmtpServer
+    system: RunningSystem, smtp_server: SmtpServer
 ) -> None:
     base = f"http://127.0.0.1:{system['api_port']}"
     body = new_user()
@@ -82,8 +91,8 @@ async def test_sign_up_receive_the_email_click_the_link_be_verified(
 
     # The request id of the signup is on the worker's log lines for its job.
     request_id = created.headers["x-request-id"]
-    worker: Service = system["worker"]  # type: ignore[assignment]
-    api: Service = system["api"]  # type: ignore[assignment]
+    worker = system["worker"]
+    api = system["api"]
     sent = [line for line in worker.lines() if line.get("event") == "verify_email_sent"]
     assert sent and sent[0]["request_id"] == request_id
     # The signup's one INFO line, its access line, names the job it enqueued.
@@ -95,8 +104,8 @@ async def test_sign_up_receive_the_email_click_the_link_be_verified(
     assert body["password"] not in logs
 
 
-def test_worker_check_is_healthy_only_while_the_worker_runs(system: dict[str, object]) -> None:
-    env: dict[str, str] = system["env"]  # type: ignore[assignment]
+def test_worker_check_is_healthy_only_while_the_worker_runs(system: RunningSystem) -> None:
+    env = system["env"]
 
     def check() -> int:
         return subprocess.run(
@@ -104,7 +113,7 @@ def test_worker_check_is_healthy_only_while_the_worker_runs(system: dict[str, ob
         ).returncode
 
     assert check() == 0
-    worker: Service = system["worker"]  # type: ignore[assignment]
+    worker = system["worker"]
     assert worker.stop() == 0
     assert check() == 1
 

@@ -54,7 +54,8 @@ class Kind:
 )
 def kind(request: pytest.FixtureRequest) -> Kind:
     """Each test of a batcher runs for the API's dispatch marks and the worker's completion marks."""
-    return request.param  # type: ignore[no-any-return]
+    param: Kind = request.param
+    return param
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 # Chromium as root needs --no-sandbox; the rest keep it off a network it cannot reach.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -48,7 +48,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A fresh phone-sized page with its own cookies."""
-    context = await browser.new_context(viewport=PHONE)  # type: ignore[arg-type]
+    context = await browser.new_context(viewport=PHONE)
     page = await context.new_page()
     yield page
     await context.close()

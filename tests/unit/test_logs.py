@@ -26,7 +26,8 @@ def output() -> Iterator[io.TextIOWrapper]:
 
 def lines(stream: io.TextIOWrapper) -> list[dict[str, object]]:
     stream.flush()
-    raw = stream.buffer.getvalue().decode()  # type: ignore[attr-defined]
+    assert isinstance(stream.buffer, io.BytesIO)
+    raw = stream.buffer.getvalue().decode()
     return [json.loads(line) for line in raw.splitlines()]
 
 
