@@ -64,8 +64,8 @@ deps: install ## deptry: each package declares what it imports
 		$(UV) run --frozen deptry $$package/src --config $$package/pyproject.toml || exit 1; \
 	done
 
-typecheck: install ## mypy --strict on the three packages
-	$(UV) run --frozen mypy $(PACKAGES)
+typecheck: install ## mypy --strict on the three packages and tests/
+	$(UV) run --frozen mypy $(PACKAGES) tests
 
 pytest: install tools ## Run the tests only (PYTEST_ARGS=... to pass options)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
