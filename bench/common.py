@@ -107,13 +107,12 @@ def redis_version(url: str) -> tuple[tuple[int, ...], str]:
     client = Redis.from_url(url)
     try:
         info = client.info("server")
-        allocator = client.info("memory")["mem_allocator"]
     finally:
         client.close()
     claimed = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
-    if "valkey_version" in info:
-        return claimed, f"Valkey {info['valkey_version']} ({allocator})"
-    return claimed, f"Redis {info['redis_version']} ({allocator})"
+    valkey = "valkey_version" in info
+    name = f"Valkey {info['valkey_version']}" if valkey else f"Redis {info['redis_version']}"
+    return claimed, f"{name} ({allocator(url)})"
 
 
 def allocator(url: str) -> str:
