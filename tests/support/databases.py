@@ -6,11 +6,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from verimail_shared.db import plain_url
+from verimail_shared.db import libpq_url
 
 
 def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(plain_url(url))._replace(path=f"/{name}"))
+    return urlunsplit(urlsplit(libpq_url(url))._replace(path=f"/{name}"))
 
 
 async def create_database(admin_url: str, name: str) -> str:
@@ -25,7 +25,7 @@ async def drop_database(admin_url: str, name: str) -> None:
 async def empty_task_tables(url: str) -> None:
     """Forget every other test's outbox rows and dead letters: a worker's relay or reconciler
     would otherwise enqueue them again, and counts of dead letters would include them."""
-    connection = await asyncpg.connect(plain_url(url))
+    connection = await asyncpg.connect(libpq_url(url))
     try:
         await connection.execute("TRUNCATE outbox, dead_tasks")
     finally:
@@ -33,7 +33,7 @@ async def empty_task_tables(url: str) -> None:
 
 
 async def _run_as_admin(admin_url: str, statement: str) -> None:
-    connection = await asyncpg.connect(plain_url(admin_url))
+    connection = await asyncpg.connect(libpq_url(admin_url))
     try:
         await connection.execute(statement)
     finally:

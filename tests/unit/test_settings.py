@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from verimail_shared.db import async_url
+from verimail_shared.db import libpq_url
 from verimail_shared.settings import Settings
 
 
@@ -33,18 +33,22 @@ def test_defaults_match_simplebank() -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
-        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
-        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require"),
+        ("postgresql://u:p@h:5432/db", "postgresql://u:p@h:5432/db"),
+        ("postgres://u@h/db", "postgresql://u@h/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql://u@h/db"),
+        (
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/ca.crt",
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/ca.crt",
+        ),
     ],
 )
-def test_plain_postgres_urls_become_asyncpg_urls(given: str, expected: str) -> None:
-    assert async_url(given) == expected
+def test_database_urls_keep_libpqs_spelling(given: str, expected: str) -> None:
+    assert libpq_url(given) == expected
 
 
 def test_other_schemes_are_refused() -> None:
     with pytest.raises(ValueError, match="postgresql://"):
-        async_url("mysql://h/db")
+        libpq_url("mysql://h/db")
 
 
 def test_secrets_are_masked_when_printed() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -26,19 +28,60 @@ log = structlog.get_logger(__name__)
 _SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 
 
-def async_url(url: str) -> str:
-    """Turn the plain `postgresql://` URL that hosting platforms give into an asyncpg one."""
+def libpq_url(url: str) -> str:
+    """`url` checked and in libpq's form (`postgresql://`), which asyncpg reads as psql does:
+    `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and the rest mean what libpq says."""
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         raise ValueError(f"DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
-    # libpq's sslmode is spelled ssl for asyncpg.
-    query = [("ssl" if k == "sslmode" else k, v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+    return urlunsplit(parts._replace(scheme="postgresql"))
 
 
-def plain_url(url: str) -> str:
-    """The libpq form of a database URL (for asyncpg.connect and psql)."""
-    return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+def engine_for(
+    url: str, timeout: float, command_timeout: float | None = None, **pool: Any
+) -> AsyncEngine:
+    """An engine on `url` that is safe behind PgBouncer in any pool mode (decision 055).
+
+    Every statement is unnamed and parsed again in the message that binds and runs it, so no
+    statement outlives its message: none waits on a server connection that PgBouncer may give
+    another client, and none can meet another client's parameters. The cost, one Describe round
+    trip per statement, is measured in `bench/pgbouncer.py`. A connection that cannot be made
+    raises `DatabaseUnavailable`, whose message names the server and the reason."""
+    dsn = libpq_url(url)
+
+    async def connect() -> asyncpg.Connection:
+        try:
+            return await asyncpg.connect(
+                dsn,
+                timeout=timeout,
+                command_timeout=command_timeout,
+                statement_cache_size=0,  # asyncpg's; it also re-parses each unnamed statement
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise DatabaseUnavailable(str(_problem(url, exc))) from exc
+
+    def creator() -> Any:
+        return engine.sync_engine.dialect.loaded_dbapi.connect(
+            async_creator_fn=connect,
+            prepared_statement_cache_size=0,  # SQLAlchemy's
+            prepared_statement_name_func=_unnamed,
+        )
+
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        creator=creator,
+        hide_parameters=True,  # error messages would otherwise quote password hashes
+        **pool,
+    )
+    return engine
+
+
+class DatabaseUnavailable(ConnectionError):
+    """No connection to PostgreSQL; the message names the server and why."""
+
+
+def _unnamed() -> str:
+    return ""
 
 
 def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
@@ -46,13 +89,13 @@ def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
     that a restarted PostgreSQL's dead connections fail no request. Without it, the first use
     of a dead connection fails, and SQLAlchemy then replaces every connection of the pool."""
     timeout = settings.dependency_timeout_seconds
-    return create_async_engine(
-        async_url(settings.database_url),
+    return engine_for(
+        settings.database_url,
+        timeout,
+        timeout,
         pool_size=settings.database_pool_size,
         pool_pre_ping=pre_ping,
-        hide_parameters=True,  # error messages would otherwise quote password hashes
         pool_timeout=timeout,
-        connect_args={"timeout": timeout, "command_timeout": timeout},
     )
 
 
@@ -116,13 +159,13 @@ def check_database(url: str) -> None:
 async def probe(url: str) -> None:
     """Connect to `url` once (5 s at most); a `DatabaseProblem` saying why not."""
     try:
-        async_url(url)
+        libpq_url(url)
         urlsplit(url).port  # noqa: B018  (raises on a port that is not a number)
     except ValueError as exc:
         message = str(exc) if str(exc).startswith("DATABASE_URL") else f"DATABASE_URL: {exc}"
         raise DatabaseProblem(message, lasting=True) from None
     try:
-        connection = await asyncpg.connect(plain_url(url), timeout=5)
+        connection = await asyncpg.connect(libpq_url(url), timeout=5)
     except Exception as exc:
         raise _problem(url, exc) from None
     await connection.close()
@@ -131,7 +174,7 @@ async def probe(url: str) -> None:
 async def create_database(url: str) -> None:
     """Create `url`'s database, connected to the server's maintenance database."""
     name = _parts(url)[3]
-    maintenance = urlunsplit(urlsplit(plain_url(url))._replace(path="/postgres"))
+    maintenance = urlunsplit(urlsplit(libpq_url(url))._replace(path="/postgres"))
     try:
         connection = await asyncpg.connect(maintenance, timeout=5)
     except Exception as exc:
@@ -176,6 +219,14 @@ def _problem(url: str, exc: BaseException) -> DatabaseProblem:
         )
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return DatabaseProblem(f"{server} refused user {user!r}: {exc}", lasting=True)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return DatabaseProblem(
+            f"{server}: its certificate does not verify ({exc.verify_message}): name its CA "
+            "with sslrootcert= in DATABASE_URL",
+            lasting=True,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return DatabaseProblem(f"{server}: TLS failed: {exc.reason or exc}", lasting=True)
     if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
         return DatabaseProblem(f'DATABASE_URL names a host that is unknown: "{host}"', True)
     if isinstance(exc, OSError) and exc.strerror:

@@ -40,7 +40,18 @@ def redis_settings(settings: Settings) -> RedisSettings:
         result.sentinel_master = settings.redis_sentinel_master
     result.conn_timeout = int(max(settings.dependency_timeout_seconds, 1))
     result.conn_retries = 30
+    if result.ssl:
+        result.ssl_check_hostname = True  # arq's default is False
+        result.ssl_ca_certs = str(settings.redis_ca_file) if settings.redis_ca_file else None
     return result
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's options for `rediss://`: the name checked, a private CA beside the system's."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    ca_file = str(settings.redis_ca_file) if settings.redis_ca_file else None
+    return {"ssl_check_hostname": True, "ssl_ca_certs": ca_file}
 
 
 def connect(settings: Settings) -> ArqRedis:
@@ -52,7 +63,10 @@ def connect(settings: Settings) -> ArqRedis:
 def _direct_pool(settings: Settings) -> ConnectionPool:
     timeout = settings.dependency_timeout_seconds
     return ConnectionPool.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **_tls(settings),
     )
 
 
@@ -73,6 +87,8 @@ def _sentinel_pool(settings: Settings) -> SentinelConnectionPool:
         password=url.password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        ssl=url.ssl,
+        **_tls(settings),
     )
 
 

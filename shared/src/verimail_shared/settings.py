@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/verimail"
     database_pool_size: int = Field(default=10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # A private CA for rediss://, trusted beside the system's CAs.
+    redis_ca_file: FilePath | None = None
     # With sentinels set, the master's address comes from them; REDIS_URL still gives the
     # database number and the password.
     redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
@@ -105,6 +107,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: SmtpTls = SmtpTls.NONE
+    smtp_ca_file: FilePath | None = None  # a private CA, trusted beside the system's CAs
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     email_sender: str = "Verimail <no-reply@verimail.example>"
 

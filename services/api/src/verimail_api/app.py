@@ -19,7 +19,12 @@ from verimail_api.errors import DEPENDENCY_ERRORS, handle_exception, handle_http
 from verimail_api.headers import SecurityHeadersMiddleware
 from verimail_api.limits import RequestLimitsMiddleware
 from verimail_api.metrics import EventLoopLagSampler
-from verimail_api.middleware import RequestContextMiddleware, UnexpectedErrorMiddleware
+from verimail_api.middleware import (
+    ForwardedSchemeMiddleware,
+    RequestContextMiddleware,
+    UnexpectedErrorMiddleware,
+)
+from verimail_api.ratelimit import trusted_networks
 from verimail_api.routes import routes
 from verimail_api.state import State
 from verimail_shared.errors import VerimailError
@@ -31,6 +36,7 @@ log = structlog.get_logger(__name__)
 def middleware(settings: Settings) -> list[Middleware]:
     stack = [
         Middleware(RequestContextMiddleware),
+        Middleware(ForwardedSchemeMiddleware, trusted=trusted_networks(settings)),
         Middleware(SecurityHeadersMiddleware),
         Middleware(RequestLimitsMiddleware),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from ipaddress import IPv4Network, IPv6Network
 
 import structlog
 from starlette.routing import Match
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verimail_api.errors import error_response
 from verimail_api.metrics import REQUEST_DURATION, REQUESTS
+from verimail_api.ratelimit import is_trusted
 
 log = structlog.get_logger("verimail_api.access")
 REQUEST_ID_HEADER = b"x-request-id"
@@ -114,3 +116,22 @@ def _route_template(scope: Scope) -> str:
         if match is Match.FULL:
             return str(getattr(route, "path", "unmatched"))
     return "unmatched"
+
+
+class ForwardedSchemeMiddleware:
+    """A trusted proxy's `X-Forwarded-Proto` becomes the request's scheme, so that behind a
+    TLS-terminating proxy cookies are Secure and absolute redirects stay on https. From any
+    other peer the header is ignored: a client cannot forge it."""
+
+    def __init__(self, app: ASGIApp, trusted: list[IPv4Network | IPv6Network]) -> None:
+        self.app = app
+        self.trusted = trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and is_trusted(client[0], self.trusted):
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-proto" and value in (b"http", b"https"):
+                    scope = {**scope, "scheme": value.decode()}
+                    break
+        await self.app(scope, receive, send)

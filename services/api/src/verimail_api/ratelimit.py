@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from verimail_shared.errors import ResourceExhausted
+from verimail_shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 PREFIX = "verimail:ratelimit:"
@@ -110,6 +111,11 @@ class UntrustedForwarding:
             "until then every client behind it shares one rate limit",
         )
         self._last, self._requests = now, 0
+
+
+def trusted_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """TRUSTED_PROXIES as networks."""
+    return [ipaddress.ip_network(proxy, strict=False) for proxy in settings.trusted_proxies]
 
 
 def is_trusted(address: str, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network
 
 import structlog
 from arq.connections import ArqRedis
@@ -13,7 +13,14 @@ from starlette.requests import Request
 
 from verimail_api.metrics import TASKS_ENQUEUED
 from verimail_api.passwords import Passwords
-from verimail_api.ratelimit import Rate, RateLimiter, UntrustedForwarding, client_ip, is_trusted
+from verimail_api.ratelimit import (
+    Rate,
+    RateLimiter,
+    UntrustedForwarding,
+    client_ip,
+    is_trusted,
+    trusted_networks,
+)
 from verimail_api.signup import Signup
 from verimail_shared import db, outbox, queue
 from verimail_shared.jobs import TASK_QUEUES, TaskName
@@ -78,7 +85,7 @@ class Limits:
         return cls(
             RateLimiter(redis, settings.dependency_timeout_seconds),
             {name: Rate.parse(text) for name, text in rates.items()},
-            [ip_network(proxy, strict=False) for proxy in settings.trusted_proxies],
+            trusted_networks(settings),
         )
 
 

@@ -30,6 +30,7 @@ from verimail_worker.metrics import (
     PROCESSED,
     RETRIED,
 )
+from verimail_worker.reasons import describe
 from verimail_worker.retry import backoff_seconds, is_permanent
 from verimail_worker.tasks import Deps, Job
 
@@ -154,7 +155,7 @@ async def handle_failure(
     settings = deps.settings
     max_tries = _max_tries(payload)
     permanent = is_permanent(exc) or max_tries is None or job.try_ >= max_tries
-    error = f"{type(exc).__name__}: {exc}"
+    error = describe(exc, settings)
     dead_letter_error = None
     if permanent:
         try:

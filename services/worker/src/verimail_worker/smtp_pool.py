@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -18,8 +19,6 @@ MAX_MESSAGES_PER_CONNECTION = 100
 # A message whose final dot got no answer is sent again, the same bytes, this many times.
 UNANSWERED_DATA_RESENDS = 2
 IDLE_CHECK_SECONDS = 30.0
-# A message whose final dot got no answer is sent again, the same bytes, this many times.
-UNANSWERED_DATA_RESENDS = 2
 
 
 @dataclass
@@ -41,6 +40,7 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(size or settings.worker_max_jobs)
         self._idle: list[_Connection] = []  # last in, first out: the freshest is likeliest alive
         self._closed = False
+        self._tls_context = tls_context(settings)
 
     async def send(self, message: EmailMessage, confirm: Confirm | None = None) -> None:
         """Send `message`; returns on the server's 250 with no other word to the server, so
@@ -138,10 +138,20 @@ class SmtpPool:
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
             use_tls=s.smtp_tls is SmtpTls.TLS,
             start_tls=s.smtp_tls is SmtpTls.STARTTLS,
+            tls_context=self._tls_context,
             timeout=s.smtp_timeout_seconds,
         )
         await smtp.connect()
         return smtp
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The system's CAs, and SMTP_CA_FILE's beside them; None for aiosmtplib's default."""
+    if settings.smtp_ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=settings.smtp_ca_file)
+    return context
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

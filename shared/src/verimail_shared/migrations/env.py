@@ -6,11 +6,10 @@ import asyncio
 
 from alembic import context
 from sqlalchemy import Connection, pool
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 from verimail_shared import tables  # noqa: F401  (registers the tables on the metadata)
-from verimail_shared.db import async_url
+from verimail_shared.db import engine_for
 
 target_metadata = SQLModel.metadata
 
@@ -22,8 +21,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    url = async_url(context.config.get_main_option("sqlalchemy.url") or "")
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    url = context.config.get_main_option("sqlalchemy.url") or ""
+    engine = engine_for(url, timeout=60, poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

@@ -67,11 +67,11 @@ class Sessions:
     def _redis_key(session_id: str) -> str:
         return SESSION_KEY_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()
 
-    async def start(self, response: Response) -> Session:
+    async def start(self, request: Request, response: Response) -> Session:
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.time())
         record = json.dumps({"csrf": session.csrf, "created_at": session.created_at})
         await self.redis.set(self._redis_key(session.id), record, ex=self.idle_seconds)
-        self._set_cookie(response, COOKIE, f"{session.id}.{self._sign(session.id)}")
+        self._set_cookie(request, response, COOKIE, f"{session.id}.{self._sign(session.id)}")
         response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
         return session
 
@@ -104,8 +104,8 @@ class Sessions:
             cookie = f"{nonce}.{self._sign(nonce)}"
         return self._sign("login:" + nonce), cookie
 
-    def set_login_cookie(self, response: Response, value: str) -> None:
-        self._set_cookie(response, LOGIN_COOKIE, value, LOGIN_COOKIE_SECONDS)
+    def set_login_cookie(self, request: Request, response: Response, value: str) -> None:
+        self._set_cookie(request, response, LOGIN_COOKIE, value, LOGIN_COOKIE_SECONDS)
 
     def login_csrf_valid(self, request: Request, given: str) -> bool:
         nonce = self._unsign(request.cookies.get(LOGIN_COOKIE))
@@ -116,14 +116,21 @@ class Sessions:
         return hmac.compare_digest(given.encode(), session.csrf.encode())
 
     def _set_cookie(
-        self, response: Response, name: str, value: str, max_age: int | None = None
+        self,
+        request: Request,
+        response: Response,
+        name: str,
+        value: str,
+        max_age: int | None = None,
     ) -> None:
+        """Secure when PUBLIC_BASE_URL is https or the request came over https (a trusted
+        proxy's X-Forwarded-Proto counts: `ForwardedSchemeMiddleware`)."""
         response.set_cookie(
             name,
             value,
             max_age=max_age,
             path=COOKIE_PATH,
-            secure=self.secure,
+            secure=self.secure or request.url.scheme == "https",
             httponly=True,
             samesite="strict",
         )

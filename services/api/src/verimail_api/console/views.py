@@ -245,7 +245,7 @@ def _login_page(request: Request, app: Console, problems: list[str], status: int
         "login.html", {"title": "Sign in", "problems": problems, "csrf": csrf}, status
     )
     if cookie is not None:
-        app.sessions.set_login_cookie(response, cookie)
+        app.sessions.set_login_cookie(request, response, cookie)
     return response
 
 
@@ -278,7 +278,7 @@ async def login(request: Request) -> Response:
     if not problems:
         redirect = RedirectResponse("/admin/", 303)
         try:
-            await app.sessions.start(redirect)
+            await app.sessions.start(request, redirect)
         except (RedisError, OSError) as exc:
             return _unavailable(exc)
         audit("login", "console")
