@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 import weakref
+from collections.abc import Mapping, Sequence
 from email import message_from_bytes
 from email.message import Message
 from email.policy import default as default_policy
@@ -76,14 +77,35 @@ class EmbeddedPostgres:
     the data folder. With `keep=True` (`make run`) that folder has a fixed name under /var/tmp
     and the data outlives the process; otherwise it is new, under the temporary directory, and
     is removed (its server stopped) when this object goes away.
+
+    Another PostgreSQL (Debian's, built with OpenSSL) runs from `bin_dir` instead, unlinked.
+    `options` are extra `-c name=value` settings, `config` lines for a new cluster's
+    postgresql.conf, `hba` its pg_hba.conf, and `files` (such as a TLS key) are written into
+    the data folder at each start, owned by whoever runs the server and readable by it alone.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, keep: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        keep: bool = False,
+        *,
+        bin_dir: Path | None = None,
+        options: Sequence[str] = (),
+        config: Sequence[str] = (),
+        hba: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.keep = keep
         self.pgdata = self.data_dir
-        self._bin = POSTGRES_BIN_PATH
+        self._bin = bin_dir or POSTGRES_BIN_PATH
+        self._own_bin = bin_dir is not None
+        self._options = tuple(options)
+        self._config = tuple(config)
+        self._hba = hba
+        self._files = dict(files or {})
         self._user: str | None = None
         self._home: Path | None = None
 
@@ -110,7 +132,14 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--no-sync",
             )
-        options = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c max_connections=200"
+            self._configure()
+        self._write_files()
+        options = " ".join(
+            [
+                f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c max_connections=200",
+                *(f"-c {option}" for option in self._options),
+            ]
+        )
         self._pg(
             "pg_ctl",
             "-D",
@@ -159,18 +188,38 @@ class EmbeddedPostgres:
         )
 
     def _pg(self, program: str, *args: str) -> str:
+        # As the system user, root's HOME is not its own: libpq would fail on ~/.postgresql.
+        env = None if self._home is None else {**os.environ, "HOME": str(self._home)}
         done = subprocess.run(  # noqa: S603  (our own binaries, our own arguments)
             [str(self._bin / program), *args],
             check=False,
             capture_output=True,
             text=True,
             user=self._user,
+            env=env,
             timeout=120,
             start_new_session=True,  # the terminal's Ctrl-C is for us; we stop the server last
         )
         if done.returncode != 0:
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
+
+    def _configure(self) -> None:
+        """A new cluster's own settings and client authentication, before its first start."""
+        if self._config:
+            with (self.pgdata / "postgresql.conf").open("a") as conf:
+                conf.write("\n".join(("", *self._config, "")))
+        if self._hba is not None:
+            (self.pgdata / "pg_hba.conf").write_text(self._hba)
+
+    def _write_files(self) -> None:
+        for name, data in self._files.items():
+            path = self.pgdata / name
+            path.unlink(missing_ok=True)
+            path.touch(mode=0o600)
+            path.write_bytes(data)
+            if self._user is not None:
+                shutil.chown(path, self._user, self._user)
 
     def _prepare_as_root(self) -> None:
         """Once per object: our own folder, the binaries linked into it, the data folder."""
@@ -179,7 +228,8 @@ class EmbeddedPostgres:
         home = _kept_home(self.data_dir) if self.keep else _new_home()
         _ensure_system_user(_PG_SYSTEM_USER)
         self._home, self._user = home, _PG_SYSTEM_USER
-        self._bin = _linked_install(home / "install") / POSTGRES_BIN_PATH.relative_to(_SITE)
+        if not self._own_bin:
+            self._bin = _linked_install(home / "install") / POSTGRES_BIN_PATH.relative_to(_SITE)
         self.pgdata = home / "data"
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         shutil.chown(self.pgdata, _PG_SYSTEM_USER, _PG_SYSTEM_USER)
