@@ -202,6 +202,14 @@ def _parts(url: str) -> tuple[str, str, int, str]:
 def _problem(url: str, exc: BaseException) -> DatabaseProblem:
     user, host, port, name = _parts(url)
     server = f"PostgreSQL at {host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return DatabaseProblem(
+            f"{server}: its certificate does not verify ({exc.verify_message}): name its CA "
+            "with sslrootcert= in DATABASE_URL",
+            lasting=True,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return DatabaseProblem(f"{server}: TLS failed: {exc.reason or exc}", lasting=True)
     if isinstance(exc, ValueError):
         return DatabaseProblem(f"DATABASE_URL is not valid: {exc}", lasting=True)
     if isinstance(exc, ConnectionRefusedError):
@@ -219,14 +227,6 @@ def _problem(url: str, exc: BaseException) -> DatabaseProblem:
         )
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return DatabaseProblem(f"{server} refused user {user!r}: {exc}", lasting=True)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return DatabaseProblem(
-            f"{server}: its certificate does not verify ({exc.verify_message}): name its CA "
-            "with sslrootcert= in DATABASE_URL",
-            lasting=True,
-        )
-    if isinstance(exc, ssl.SSLError):
-        return DatabaseProblem(f"{server}: TLS failed: {exc.reason or exc}", lasting=True)
     if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
         return DatabaseProblem(f'DATABASE_URL names a host that is unknown: "{host}"', True)
     if isinstance(exc, OSError) and exc.strerror:

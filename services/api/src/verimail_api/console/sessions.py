@@ -72,7 +72,7 @@ class Sessions:
         record = json.dumps({"csrf": session.csrf, "created_at": session.created_at})
         await self.redis.set(self._redis_key(session.id), record, ex=self.idle_seconds)
         self._set_cookie(request, response, COOKIE, f"{session.id}.{self._sign(session.id)}")
-        response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+        self._set_cookie(request, response, LOGIN_COOKIE, "", max_age=0)
         return session
 
     async def current(self, request: Request) -> Session | None:
@@ -90,9 +90,9 @@ class Sessions:
         record = json.loads(raw)
         return Session(session_id, record["csrf"], record["created_at"])
 
-    async def end(self, session: Session, response: Response) -> None:
+    async def end(self, session: Session, request: Request, response: Response) -> None:
         await self.redis.delete(self._redis_key(session.id))
-        response.delete_cookie(COOKIE, path=COOKIE_PATH)
+        self._set_cookie(request, response, COOKIE, "", max_age=0)
 
     def login_csrf(self, request: Request) -> tuple[str, str | None]:
         """The sign-in form's CSRF token, bound to a nonce cookie; and that cookie's new value

@@ -291,7 +291,7 @@ async def login(request: Request) -> Response:
 @action
 async def logout(request: Request, app: Console, session: Session) -> Response:
     response = RedirectResponse("/admin/login", 303)
-    await app.sessions.end(session, response)
+    await app.sessions.end(session, request, response)
     audit("logout", "console")
     return response
 
