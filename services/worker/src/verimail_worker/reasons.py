@@ -8,7 +8,14 @@ from __future__ import annotations
 import ssl
 from urllib.parse import urlsplit
 
-from aiosmtplib import SMTPAuthenticationError, SMTPException, SMTPResponseException
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+)
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from verimail_shared.db import DatabaseUnavailable
@@ -18,6 +25,8 @@ from verimail_shared.settings import Settings
 def describe(exc: BaseException, settings: Settings) -> str:
     """`exc` as `Service at host:port: reason`, for the dependencies Verimail has; otherwise
     `Type: message`."""
+    if isinstance(exc, SMTPRecipientsRefused | SMTPRecipientRefused | SMTPDataError):
+        return f"{type(exc).__name__}: {exc}"  # about this message, not the server: code first
     if isinstance(exc, DatabaseUnavailable):
         return str(exc)  # names PostgreSQL's host already
     if isinstance(exc, RedisError):
